@@ -1,0 +1,1 @@
+"""The InferQ Django app: jobs, their REST API, admin and management commands."""

@@ -1,0 +1,50 @@
+"""Last line of defence: no traceback or HTML error page ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from api.exceptions import error_body
+
+logger = logging.getLogger("api.errors")
+
+
+class JsonErrorMiddleware:
+    """Turns unhandled exceptions into the one error shape (503 for an unreachable database)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse:
+        if isinstance(exception, DatabaseError):
+            logger.error("database error on %s %s: %s", request.method, request.path, exception)
+            response = JsonResponse(
+                error_body("database_unavailable", "The database is unavailable; try again shortly."), status=503
+            )
+            response["Retry-After"] = "5"
+            return response
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return JsonResponse(error_body("internal_error", "Internal server error."), status=500)
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("not_found", "Not found."), status=404)
+
+
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("bad_request", "Bad request."), status=400)
+
+
+def json_403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("permission_denied", "Permission denied."), status=403)
+
+
+def json_500(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(error_body("internal_error", "Internal server error."), status=500)

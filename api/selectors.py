@@ -1,0 +1,67 @@
+"""Reads: jobs visible to a user, and the models being served."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from redis.exceptions import RedisError
+
+from api.exceptions import InvalidInput, NotFound
+from api.heartbeats import workers_online
+from api.models import Job, JobStatus
+from workers.store import ModelSpec, get_store
+
+
+def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:
+    """The caller's job; anyone else's (or a malformed id) is simply not found."""
+    try:
+        uuid = UUID(str(job_id))
+    except ValueError as exc:
+        raise NotFound(f"No job {job_id!r}: job ids are UUIDs.", code="not_found") from exc
+    job = Job.objects.filter(id=uuid, owner=user).first()
+    if job is None:
+        raise NotFound(f"No job {uuid}.", code="not_found")
+    return job
+
+
+def job_list(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -> QuerySet[Job]:
+    filters = filters or {}
+    qs = Job.objects.filter(owner=user).order_by("-created_at")
+    if status := filters.get("status"):
+        if status not in JobStatus.values:
+            raise InvalidInput(f"status must be one of {', '.join(JobStatus.values)}.", code="invalid_request")
+        qs = qs.filter(status=status)
+    if model := filters.get("model"):
+        qs = qs.filter(model_name=model)
+    if batch := filters.get("batch"):
+        try:
+            qs = qs.filter(batch_id=UUID(str(batch)))
+        except ValueError as exc:
+            raise InvalidInput("batch must be a UUID.", code="invalid_request") from exc
+    return qs
+
+
+def queue_depth(model_name: str) -> int:
+    return Job.objects.filter(model_name=model_name, status=JobStatus.QUEUED).count()
+
+
+def model_describe(spec: ModelSpec) -> dict[str, Any]:
+    """A model's public description plus live facts: versions, workers online, queue depth."""
+    try:
+        workers: list[str] | None = workers_online(spec.name)
+    except RedisError:
+        workers = None
+    return {
+        **spec.public(),
+        "versions": get_store().versions(spec.name),
+        "workers": workers,
+        "workers_online": len(workers) if workers is not None else None,
+        "queued": queue_depth(spec.name),
+    }
+
+
+def model_list() -> list[dict[str, Any]]:
+    return [model_describe(spec) for spec in get_store().latest()]

@@ -1,0 +1,16 @@
+"""URL routes of the v1 API."""
+
+from django.urls import path
+
+from api import views
+
+urlpatterns = [
+    path("v1/models", views.ModelListApi.as_view(), name="model-list"),
+    path("v1/models/<str:model>", views.ModelDetailApi.as_view(), name="model-detail"),
+    path("v1/models/<str:model>/jobs", views.JobCreateApi.as_view(), name="job-create"),
+    path("v1/jobs", views.JobListApi.as_view(), name="job-list"),
+    path("v1/jobs/<str:job_id>", views.JobDetailApi.as_view(), name="job-detail"),
+    path("v1/jobs/<str:job_id>/cancel", views.JobCancelApi.as_view(), name="job-cancel"),
+    path("healthz", views.HealthzApi.as_view(), name="healthz"),
+    path("readyz", views.ReadyzApi.as_view(), name="readyz"),
+]

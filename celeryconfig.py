@@ -1,0 +1,62 @@
+"""Every Celery setting InferQ uses, with lowercase names and the reason for each.
+
+Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
+"""
+
+import os
+
+_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# The broker is Redis; CELERY_BROKER_URL overrides it (tests use memory://).
+broker_url = os.environ.get("CELERY_BROKER_URL") or _REDIS_URL
+# Fail fast when Redis is down so the API can answer 503 instead of hanging.
+broker_connection_timeout = 2
+broker_connection_retry_on_startup = True
+# A message not acked within this many seconds is redelivered (Redis has no real acks).
+# Keep it above the longest task time limit, or slow jobs run twice.
+broker_transport_options = {
+    "visibility_timeout": int(os.environ.get("INFERQ_VISIBILITY_TIMEOUT", "900")),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+# Publishing retries briefly, then raises: the caller decides (503 to the client).
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+# JSON only: a pickle message could run arbitrary code in a worker.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# Job status lives in the Job row, never in Celery's result backend.
+task_ignore_result = True
+result_backend = None
+
+# Ack after the job ran, and put the message back if the worker process died,
+# so a crash loses no job (the Job row's guarded update keeps results written once).
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message per worker process at a time: a long job never holds others hostage.
+worker_prefetch_multiplier = 1
+
+# Per-job limits; a model's manifest can lower them (`timeout_s`).
+task_soft_time_limit = int(os.environ.get("INFERQ_TASK_SOFT_TIME_LIMIT", "300"))
+task_time_limit = int(os.environ.get("INFERQ_TASK_TIME_LIMIT", "330"))
+
+# Housekeeping goes to the default queue; each model has its own queue `inferq.model.<name>`.
+task_default_queue = "inferq"
+task_create_missing_queues = True
+
+# Flower needs task events to show jobs as they run.
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+# Modules a worker imports at start: the task adapters and the torch-side bootstrap.
+imports = ("tasks.inference", "workers.bootstrap")
+
+timezone = "UTC"

@@ -1,0 +1,223 @@
+"""Django settings for InferQ, read once from the environment (see `.env.example`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """Read a boolean flag the way people write them in shells: 1/true/yes/on."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+# ---------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", BASE_DIR / "var"))
+
+# Secrets have no default outside DEBUG: a production deploy that forgets one fails loudly.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
+if DEBUG:
+    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-dev-key-only-for-debug")
+else:
+    SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "api.middleware.JsonErrorMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------------------
+# Database: SQLite (WAL) on one machine, DATABASE_URL (PostgreSQL) in production
+# ---------------------------------------------------------------------------
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # WAL lets the web tier read while a worker writes; IMMEDIATE avoids "database is locked"
+    # on read-then-write transactions. https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "db.sqlite3",
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+# ---------------------------------------------------------------------------
+# Redis (broker, cache, worker heartbeats)
+# ---------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "inferq",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+    }
+}
+
+# ---------------------------------------------------------------------------
+# Storage: inputs go through Django's storage API so S3 and friends work unchanged
+# https://docs.djangoproject.com/en/5.2/ref/settings/#storages
+# ---------------------------------------------------------------------------
+
+MEDIA_ROOT = Path(os.environ.get("INFERQ_MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_URL = "/media/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_URL = "/static/"
+
+# ---------------------------------------------------------------------------
+# InferQ
+# ---------------------------------------------------------------------------
+
+MODEL_STORE = Path(os.environ.get("MODEL_STORE", VAR_DIR / "models"))
+# Largest accepted input body; uWSGI's limit-post is set just above it as a backstop.
+INFERQ_MAX_INPUT_BYTES = env_int("INFERQ_MAX_INPUT_BYTES", 20 * 1024 * 1024)
+# Images above this many pixels are refused before decoding (decompression bombs).
+INFERQ_MAX_IMAGE_PIXELS = env_int("INFERQ_MAX_IMAGE_PIXELS", 50_000_000)
+# A job whose worker died this many times fails with `worker_lost` instead of looping.
+INFERQ_MAX_ATTEMPTS = env_int("INFERQ_MAX_ATTEMPTS", 3)
+# Seconds a worker heartbeat stays valid; /readyz and /v1/models count workers seen within it.
+INFERQ_HEARTBEAT_TTL = env_int("INFERQ_HEARTBEAT_TTL", 30)
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
+
+# ---------------------------------------------------------------------------
+# Django REST framework
+# https://www.django-rest-framework.org/api-guide/settings/
+# ---------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "InferQ API",
+    "DESCRIPTION": "Submit inputs to PyTorch models, then poll (or wait) for results.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# ---------------------------------------------------------------------------
+# Security (clean `manage.py check --deploy` when DEBUG is off and TLS terminates upstream)
+# https://docs.djangoproject.com/en/5.2/howto/deployment/checklist/
+# ---------------------------------------------------------------------------
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# ---------------------------------------------------------------------------
+# Internationalization
+# ---------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# ---------------------------------------------------------------------------
+# Logging: one line per event, JSON when LOG_FORMAT=json
+# ---------------------------------------------------------------------------
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "api.logformat.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": os.environ.get("LOG_FORMAT", "text")},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+    },
+}
+
+# Per-model bound on queued jobs (a manifest's `max_queued` overrides); beyond it submit answers 429.
+INFERQ_MAX_QUEUED = env_int("INFERQ_MAX_QUEUED", 10_000)
+# Keep job inputs after the job ends (off: inputs are deleted when a job finishes).
+INFERQ_KEEP_INPUTS = env_bool("INFERQ_KEEP_INPUTS", False)

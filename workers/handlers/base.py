@@ -1,0 +1,94 @@
+"""The handler interface: `setup(device)` once per process, then decode → predict → encode per input."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workers.store import ModelSpec
+
+
+class InputError(Exception):
+    """The input cannot be used by this model; the job fails with `code`, the worker carries on."""
+
+    def __init__(self, message: str, *, code: str = "invalid_input") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Outcome:
+    """One input's fate inside a batch: a JSON result, or an error of its own."""
+
+    result: dict[str, Any] | None = None
+    error: InputError | None = None
+    inference_ms: float = 0.0
+    batch_size: int = 1
+
+
+class Handler(ABC):
+    """Subclasses implement the four verbs; `__call__` and `run_batch` show the whole pipeline."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def setup(self, device: torch.device) -> None:
+        """Load weights onto `device`; called once per worker process."""
+
+    @abstractmethod
+    def decode(self, data: bytes, content_type: str) -> torch.Tensor:
+        """One input's bytes to one sample tensor (no batch dimension); raise InputError if unusable."""
+
+    @abstractmethod
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """A forward pass over a batch; called under torch.inference_mode()."""
+
+    @abstractmethod
+    def encode(self, output: torch.Tensor) -> dict[str, Any]:
+        """One sample's output row to plain JSON (never tensors)."""
+
+    def warmup(self) -> None:
+        """Run one forward pass so the first job does not pay for lazy initialisation."""
+        example = self.example_input()
+        with torch.inference_mode():
+            self.predict(example.unsqueeze(0).to(self.device))
+
+    @abstractmethod
+    def example_input(self) -> torch.Tensor:
+        """A sample tensor of the right shape, for warm-up."""
+
+    def __call__(self, data: bytes, content_type: str) -> dict[str, Any]:
+        sample = self.decode(data, content_type)
+        with torch.inference_mode():
+            output = self.predict(sample.unsqueeze(0).to(self.device))
+        return self.encode(output[0].cpu())
+
+    def run_batch(self, inputs: list[tuple[bytes, str]]) -> list[Outcome]:
+        """Decode each input alone (a bad one fails alone), then one forward pass for the rest."""
+        outcomes = [Outcome() for _ in inputs]
+        samples: list[torch.Tensor] = []
+        good: list[int] = []
+        for i, (data, content_type) in enumerate(inputs):
+            try:
+                samples.append(self.decode(data, content_type))
+                good.append(i)
+            except InputError as exc:
+                outcomes[i].error = exc
+        if not samples:
+            return outcomes
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.predict(torch.stack(samples).to(self.device)).cpu()
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        for row, i in enumerate(good):
+            outcomes[i].result = self.encode(output[row])
+            outcomes[i].inference_ms = elapsed_ms
+            outcomes[i].batch_size = len(good)
+        return outcomes

@@ -1,0 +1,80 @@
+"""Run one job in a worker process: claim the row, read the input, run the handler, write the result."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from api.models import Job
+from api.services import job_fail, job_start, job_succeed
+from workers import registry
+from workers.handlers import InputError, Outcome
+from workers.store import get_store
+
+logger = logging.getLogger("inferq.worker")
+
+_state: dict[str, Any] = {"device": None, "hostname": socket.gethostname()}
+
+
+def configure(*, device: torch.device, hostname: str) -> None:
+    _state["device"] = device
+    _state["hostname"] = hostname
+
+
+def device() -> torch.device:
+    if _state["device"] is None:
+        from workers.loading import default_device
+
+        _state["device"] = default_device()
+    return _state["device"]
+
+
+def read_input(job: Job) -> bytes:
+    with job.input.open("rb") as fh:
+        return fh.read()
+
+
+def run_job(job_id: str) -> None:
+    """Everything that can go wrong with one job ends as that job's error, never the worker's."""
+    job = job_start(job_id=job_id, worker=_state["hostname"])
+    if job is None:
+        logger.info("job skipped (already ended or canceled)", extra={"job_id": job_id})
+        return
+    run_claimed([job])
+
+
+def run_claimed(jobs: list[Job]) -> None:
+    """Run claimed jobs of one model version as one batch; each gets its own outcome."""
+    model_name, model_version = jobs[0].model_name, jobs[0].model_version
+    inputs: list[tuple[bytes, str] | None] = []
+    for job in jobs:
+        try:
+            inputs.append((read_input(job), job.input_content_type))
+        except (OSError, ValueError) as exc:
+            job_fail(job=job, code="input_missing", message=f"The job's stored input cannot be read: {exc}")
+            inputs.append(None)
+    ready = [(job, item) for job, item in zip(jobs, inputs, strict=True) if item is not None]
+    if not ready:
+        return
+    try:
+        handler = registry.get(get_store(), model_name, model_version, device())
+        outcomes = handler.run_batch([item for _, item in ready])
+    except SoftTimeLimitExceeded:
+        for job, _ in ready:
+            job_fail(job=job, code="timeout", message="The job ran past its model's time limit.")
+        return
+    except Exception:  # noqa: BLE001 - a model bug must fail the job, not kill the worker
+        logger.exception("model %s:%s raised", model_name, model_version)
+        outcomes = [Outcome(error=InputError("The model failed on this input.", code="inference_error"))
+                    for _ in ready]
+    for (job, _), outcome in zip(ready, outcomes, strict=True):
+        if outcome.error is not None:
+            job_fail(job=job, code=outcome.error.code, message=outcome.error.message,
+                     inference_ms=outcome.inference_ms or None)
+        else:
+            job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
+                        batch_size=outcome.batch_size)

@@ -1,0 +1,175 @@
+"""The model store: `<MODEL_STORE>/<name>/<version>/manifest.json` plus weights. Torch-free.
+
+The web tier reads manifests from here to validate inputs and list models; workers read
+them to decide what to load. A manifest looks like::
+
+    {"name": "resnet18", "version": "1", "handler": "image_classifier",
+     "architecture": "resnet18", "format": "state_dict", "weights": "weights.pt",
+     "input": {"kind": "image", "mode": "RGB", "resize": 256, "crop": 224,
+               "mean": [...], "std": [...]},
+     "labels": [...], "top_k": 5, "batch_size": 8, "batch_delay_ms": 5,
+     "threads": null, "timeout_s": 60}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+HANDLERS = ("image_classifier", "tensor", "echo")
+FORMATS = ("state_dict", "export", "torchscript")
+
+
+class StoreError(Exception):
+    """A model store entry is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    path: Path
+    handler: str
+    architecture: str
+    format: str
+    weights: str
+    input: dict[str, Any]
+    labels: list[str] = field(default_factory=list)
+    top_k: int = 5
+    batch_size: int = 8
+    batch_delay_ms: float = 5.0
+    threads: int | None = None
+    timeout_s: float | None = None
+    max_queued: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.name)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / self.weights
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows about a model: no file paths."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "handler": self.handler,
+            "architecture": self.architecture,
+            "input": self.input,
+            "labels": len(self.labels),
+            "top_k": self.top_k,
+            "batch_size": self.batch_size,
+            "batch_delay_ms": self.batch_delay_ms,
+            **{k: v for k, v in self.extra.items() if k in ("accuracy", "description")},
+        }
+
+
+def queue_name(model_name: str) -> str:
+    return f"inferq.model.{model_name}"
+
+
+def _version_key(version: str) -> tuple[int, Any]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+_KNOWN = {"name", "version", "handler", "architecture", "format", "weights", "input", "labels", "top_k",
+          "batch_size", "batch_delay_ms", "threads", "timeout_s", "max_queued"}
+
+
+def read_manifest(path: Path) -> ModelSpec:
+    """Parse `<path>/manifest.json`, raising StoreError with a readable reason."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path}: no {MANIFEST}") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path / MANIFEST}: invalid JSON ({exc})") from exc
+    try:
+        spec = ModelSpec(
+            name=data["name"],
+            version=str(data["version"]),
+            path=path,
+            handler=data["handler"],
+            architecture=data.get("architecture", ""),
+            format=data.get("format", "state_dict"),
+            weights=data.get("weights", ""),
+            input=data["input"],
+            labels=list(data.get("labels") or []),
+            top_k=int(data.get("top_k", 5)),
+            batch_size=int(data.get("batch_size", 8)),
+            batch_delay_ms=float(data.get("batch_delay_ms", 5.0)),
+            threads=data.get("threads"),
+            timeout_s=data.get("timeout_s"),
+            max_queued=data.get("max_queued"),
+            extra={k: v for k, v in data.items() if k not in _KNOWN},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{path / MANIFEST}: missing or invalid field {exc}") from exc
+    if spec.handler not in HANDLERS:
+        raise StoreError(f"{path / MANIFEST}: unknown handler {spec.handler!r} (expected one of {HANDLERS})")
+    if spec.format not in FORMATS:
+        raise StoreError(f"{path / MANIFEST}: unknown format {spec.format!r} (expected one of {FORMATS})")
+    return spec
+
+
+def write_manifest(path: Path, data: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path / MANIFEST)
+
+
+class ModelStore:
+    """Reads the store directory; cheap enough to rescan on every call."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        base = self.root / name
+        if not NAME_RE.match(name) or not base.is_dir():
+            return []
+        found = [p.name for p in base.iterdir() if (p / MANIFEST).is_file()]
+        return sorted(found, key=_version_key)
+
+    def get(self, name: str, version: str | None = None) -> ModelSpec:
+        versions = self.versions(name)
+        if not versions:
+            raise StoreError(f"unknown model {name!r}")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise StoreError(f"model {name!r} has no version {version!r} (has {', '.join(versions)})")
+        return read_manifest(self.root / name / version)
+
+    def latest(self) -> list[ModelSpec]:
+        specs = []
+        for name in self.names():
+            try:
+                specs.append(self.get(name))
+            except StoreError:
+                continue
+        return specs
+
+    def next_version(self, name: str) -> str:
+        numeric = [int(v) for v in self.versions(name) if v.isdigit()]
+        return str(max(numeric, default=0) + 1)
+
+
+def get_store() -> ModelStore:
+    from django.conf import settings
+
+    return ModelStore(settings.MODEL_STORE)
