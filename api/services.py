@@ -144,6 +144,8 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
             job.save(update_fields=["status", "error_code", "error_message", "finished_at", "total_ms"])
             logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name,
                                                 "status": "failed", "code": "worker_lost"})
+            # Like every other way a job ends, failing it discards its input (once that is committed).
+            transaction.on_commit(lambda: job_discard_input(job=job))
             return None
         job.status = JobStatus.RUNNING
         job.attempts += 1

@@ -205,7 +205,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "api.logformat.TextFormatter"},
         "json": {"()": "api.logformat.JsonFormatter"},
     },
     "handlers": {

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.api.helpers import broker_messages
+
 MODEL_QUEUES = ("inferq.model.tinyimg", "inferq.model.vec", "inferq.model.echo")
-
-
-def broker_messages(queue_name: str) -> list[Any]:
-    """Every message waiting on `queue_name` in the memory broker, acked and removed."""
-    from project.celery import app
-
-    messages = []
-    with app.connection_for_write() as conn:
-        simple = conn.SimpleQueue(queue_name)
-        try:
-            while True:
-                try:
-                    message = simple.get(block=False)
-                except queue.Empty:
-                    break
-                message.ack()
-                messages.append(message)
-        finally:
-            simple.close()
-    return messages
 
 
 @pytest.fixture(autouse=True)

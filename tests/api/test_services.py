@@ -1,0 +1,162 @@
+"""The job lifecycle services: claim, finish once, fail, give up on lost workers, discard inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from api.models import Job, JobStatus
+from api.services import job_cancel, job_fail, job_start, job_succeed
+
+pytestmark = pytest.mark.django_db
+
+
+def input_exists(job: Job) -> bool:
+    return bool(job.input) and job.input.storage.exists(job.input.name)
+
+
+def test_job_start_claims_a_queued_job(make_job: Any) -> None:
+    job = make_job()
+
+    claimed = job_start(job_id=str(job.id), worker="w1@host")
+
+    assert claimed is not None and claimed.id == job.id
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING
+    assert job.attempts == 1
+    assert job.worker == "w1@host"
+    assert job.started_at is not None and job.started_at >= job.created_at
+    assert job.queue_ms is not None and job.queue_ms >= 0
+
+
+def test_job_start_of_an_unknown_job_is_none(db: Any) -> None:
+    assert job_start(job_id="00000000-0000-0000-0000-000000000000", worker="w1") is None
+
+
+@pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED])
+def test_job_start_of_an_ended_job_is_none(make_job: Any, final: str) -> None:
+    job = make_job()
+    Job.objects.filter(id=job.id).update(status=final)
+
+    assert job_start(job_id=job.id, worker="w1") is None
+    job.refresh_from_db()
+    assert job.status == final
+    assert job.attempts == 0
+    assert job.worker == ""
+
+
+def test_canceled_job_is_not_started(make_job: Any) -> None:
+    job = make_job()
+    job_cancel(job=job)
+    assert job_start(job_id=job.id, worker="w1") is None
+
+
+def test_redelivery_after_max_attempts_fails_with_worker_lost(make_job: Any, settings: Any,
+                                                              django_capture_on_commit_callbacks: Any) -> None:
+    settings.INFERQ_MAX_ATTEMPTS = 3
+    job = make_job()
+
+    # Three deliveries whose worker died before finishing: each one claims the job again.
+    for attempt in (1, 2, 3):
+        claimed = job_start(job_id=job.id, worker=f"w{attempt}")
+        assert claimed is not None
+        assert claimed.attempts == attempt
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_start(job_id=job.id, worker="w4") is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "worker_lost"
+    assert "3" in job.error_message
+    assert job.finished_at is not None
+    assert job.attempts == 3
+    assert not input_exists(job)
+    # The failure is final: yet another delivery changes nothing.
+    assert job_start(job_id=job.id, worker="w5") is None
+
+
+def test_job_succeed_writes_the_result_once(make_job: Any) -> None:
+    job = job_start(job_id=make_job().id, worker="w1")
+    assert job is not None
+
+    assert job_succeed(job=job, result={"n": 1}, inference_ms=12.3456, batch_size=4) is True
+    assert job_succeed(job=job, result={"n": 2}, inference_ms=99.0) is False
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == {"n": 1}
+    assert job.inference_ms == pytest.approx(12.346)
+    assert job.batch_size == 4
+    assert job.finished_at is not None
+    assert job.total_ms is not None and job.total_ms >= 0
+    assert job.error_code == ""
+
+
+def test_job_fail_after_success_changes_nothing(make_job: Any) -> None:
+    job = job_start(job_id=make_job().id, worker="w1")
+    assert job is not None
+    job_succeed(job=job, result={"n": 1}, inference_ms=1.0)
+
+    assert job_fail(job=job, code="timeout", message="late") is False
+    job.refresh_from_db()
+    assert (job.status, job.result, job.error_code) == (JobStatus.SUCCEEDED, {"n": 1}, "")
+
+
+def test_job_fail_sets_code_and_message(make_job: Any) -> None:
+    job = job_start(job_id=make_job().id, worker="w1")
+    assert job is not None
+
+    assert job_fail(job=job, code="invalid_image", message="Cannot decode the image.", inference_ms=2.0) is True
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "invalid_image"
+    assert job.error_message == "Cannot decode the image."
+    assert job.result is None
+    assert job.finished_at is not None
+
+
+def test_job_fail_does_not_overwrite_a_canceled_job(make_job: Any) -> None:
+    job = make_job()
+    job_cancel(job=job)
+    assert job_fail(job=job, code="timeout", message="late") is False
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELED
+
+
+@pytest.mark.parametrize("finish", ["succeed", "fail", "cancel"])
+def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str) -> None:
+    job = make_job(b"some input bytes")
+    assert input_exists(job)
+
+    if finish == "cancel":
+        job_cancel(job=job)
+    else:
+        claimed = job_start(job_id=job.id, worker="w1")
+        assert claimed is not None and input_exists(claimed)
+        if finish == "succeed":
+            job_succeed(job=claimed, result={}, inference_ms=1.0)
+        else:
+            job_fail(job=claimed, code="invalid_input", message="no")
+
+    assert not input_exists(job)
+
+
+def test_input_is_kept_when_configured(make_job: Any, settings: Any) -> None:
+    settings.INFERQ_KEEP_INPUTS = True
+    job = make_job()
+    claimed = job_start(job_id=job.id, worker="w1")
+    assert claimed is not None
+    job_succeed(job=claimed, result={}, inference_ms=1.0)
+    assert input_exists(job)
+
+
+def test_job_create_stores_input_and_digest(make_job: Any) -> None:
+    import hashlib
+
+    job = make_job(b"digest me")
+    assert job.input_sha256 == hashlib.sha256(b"digest me").hexdigest()
+    assert job.input_size == 9
+    with job.input.open("rb") as fh:
+        assert fh.read() == b"digest me"

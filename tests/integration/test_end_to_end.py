@@ -1,0 +1,131 @@
+"""Submit over HTTP → Redis → preloaded Celery worker → poll, checked against in-process inference."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.integration
+
+
+def photo(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A synthetic 640x480 JPEG: smooth gradients plus noise, so the classifier's output varies."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, size[0])[None, :, None]
+    y = np.linspace(0, 1, size[1])[:, None, None]
+    base = (np.sin(x * rng.uniform(2, 9) + y * rng.uniform(2, 9) + rng.uniform(0, 6, 3)) + 1) * 110
+    pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def local_handler(store: Path, name: str) -> Any:
+    import torch
+
+    from workers.handlers import get_handler
+    from workers.store import ModelStore
+
+    handler = get_handler(ModelStore(store).get(name))
+    handler.setup(torch.device("cpu"))
+    return handler
+
+
+def assert_same_predictions(served: list[dict[str, Any]], local: list[dict[str, Any]], tol: float = 1e-4) -> None:
+    assert len(served) == len(local)
+    for s, l in zip(served, local, strict=True):
+        assert abs(s["probability"] - l["probability"]) <= tol, (served, local)
+        if s["index"] != l["index"]:
+            # Only a tie within tolerance may swap places.
+            assert abs(s["probability"] - l["probability"]) <= tol and s["index"] in {x["index"] for x in local}
+
+
+def submit_and_wait(service: Service, model: str, items: list[tuple[bytes, str]]) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda item: service.submit(model, item[0], item[1]), items))
+        for response in responses:
+            assert response.status_code == 202, response.text
+            assert response.headers["Location"] == f"/v1/jobs/{response.json()['id']}"
+        return list(pool.map(lambda r: service.wait_job(r.json()["id"]), responses))
+
+
+def test_resnet18_top5_equals_in_process_forward(service: Service) -> None:
+    images = [photo(seed) for seed in range(4)]
+    jobs = submit_and_wait(service, "resnet18", [(img, "image/jpeg") for img in images])
+    handler = local_handler(service.store, "resnet18")
+    for img, job in zip(images, jobs, strict=True):
+        assert job["status"] == "succeeded", job
+        served = job["result"]["predictions"]
+        assert len(served) == 5 and all(p["label"] for p in served)
+        assert_same_predictions(served, handler(img, "image/jpeg")["predictions"])
+        assert job["timings"]["inference_ms"] > 0 and job["timings"]["total_ms"] >= job["timings"]["queue_ms"]
+        assert job["worker"] and job["attempts"] == 1
+
+
+def test_digits_served_predictions_match_and_reach_manifest_accuracy(service: Service) -> None:
+    from workers.digits import holdout_pngs
+    from workers.store import ModelStore
+
+    manifest = ModelStore(service.store).get("digits")
+    pairs = holdout_pngs()
+    assert len(pairs) >= 100
+    jobs = submit_and_wait(service, "digits", [(png, "image/png") for png, _ in pairs])
+    handler = local_handler(service.store, "digits")
+    correct = 0
+    for (png, label), job in zip(pairs, jobs, strict=True):
+        assert job["status"] == "succeeded", job
+        served_top = job["result"]["predictions"][0]
+        assert served_top["index"] == handler(png, "image/png")["predictions"][0]["index"]
+        correct += served_top["index"] == label
+    accuracy = correct / len(pairs)
+    assert accuracy >= manifest.extra["accuracy"] - 1e-9, (accuracy, manifest.extra["accuracy"])
+    assert accuracy > 0.9
+
+
+def test_garbage_upload_is_a_4xx_with_the_error_shape_and_creates_no_job(service: Service) -> None:
+    before = requests.get(f"{service.base}/v1/jobs", headers=service.headers, timeout=10).json()["count"]
+    for body, content_type, code in [(b"not an image at all", "image/jpeg", "invalid_image"),
+                                     (photo(1)[:3000], "image/jpeg", "invalid_image"),
+                                     (b"", "image/jpeg", "empty_input"),
+                                     (b"hello", "text/plain", "unsupported_media_type")]:
+        response = service.submit("resnet18", body, content_type)
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["code"] == code
+        assert "Traceback" not in response.text
+    after = requests.get(f"{service.base}/v1/jobs", headers=service.headers, timeout=10).json()["count"]
+    assert after == before
+
+
+def test_models_report_their_worker_and_readiness(service: Service) -> None:
+    models = requests.get(f"{service.base}/v1/models", headers=service.headers, timeout=10).json()["models"]
+    by_name = {m["name"]: m for m in models}
+    assert set(by_name) == {"resnet18", "digits"}
+    assert all(m["workers_online"] >= 1 for m in by_name.values())
+    assert by_name["digits"]["accuracy"] > 0.9
+    ready = requests.get(f"{service.base}/readyz", timeout=10).json()
+    assert ready["checks"]["database"] == "ok" and ready["checks"]["broker"] == "ok"
+
+
+def test_other_users_cannot_see_a_job(service: Service) -> None:
+    response = service.submit("digits", _digit(), "image/png")
+    job_id = response.json()["id"]
+    stranger = service.manage("inferq_token", "--username", "stranger")
+    other = requests.get(f"{service.base}/v1/jobs/{job_id}", headers={"Authorization": f"Token {stranger}"},
+                         timeout=10)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+    assert service.wait_job(job_id)["status"] == "succeeded"
+
+
+def _digit() -> bytes:
+    from workers.digits import holdout_pngs
+
+    return holdout_pngs(1)[0][0]
