@@ -57,6 +57,15 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 # Modules a worker imports at start: the task adapters and the torch-side bootstrap.
-imports = ("tasks.inference", "workers.bootstrap")
+imports = ("tasks.inference", "tasks.sweeper", "workers.bootstrap")
+
+# Periodic housekeeping, run by `celery -A project beat` on the default queue.
+beat_schedule = {
+    "sweep-orphaned-jobs": {
+        "task": "inferq.sweep",
+        "schedule": float(os.environ.get("INFERQ_SWEEP_SECONDS", "10")),
+        "options": {"expires": 30},
+    },
+}
 
 timezone = "UTC"

@@ -68,6 +68,9 @@ class Job(models.Model):
     total_ms = models.FloatField(null=True, blank=True)
     batch_size = models.PositiveIntegerField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    # A running job belongs to its worker until this time; the worker renews it while it works.
+    # A job whose lease ran out (its worker died) is claimed again by its message or the sweeper.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
@@ -78,6 +81,7 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
             models.Index(fields=["status", "model_name"], name="job_status_model"),
             models.Index(fields=["model_name", "model_version", "input_sha256"], name="job_cache_key"),
+            models.Index(fields=["model_name", "model_version", "status", "created_at"], name="job_claim"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -33,16 +33,27 @@ def model_spec_get(*, name: str, version: str | None = None) -> ModelSpec:
         raise NotFound(str(exc).capitalize() + ".", code="unknown_model") from exc
 
 
+def _spec_or_none(job: Job) -> ModelSpec | None:
+    try:
+        return get_store().get(job.model_name, job.model_version)
+    except StoreError:
+        return None
+
+
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds() * 1000.0, 3)
 
 
-def job_enqueue(*, job: Job) -> None:
+def job_enqueue(*, job: Job, spec: ModelSpec | None = None) -> None:
     """Publish the job's message (only its id) to its model's queue; raise 503 if the broker is down."""
     from project.celery import app
 
+    options: dict[str, Any] = {}
+    if spec is not None and spec.timeout_s:
+        # The model's own time limit: soft fails the job with `timeout`, hard recycles the process.
+        options = {"soft_time_limit": float(spec.timeout_s), "time_limit": float(spec.timeout_s) + 10.0}
     try:
         app.send_task(
             TASK_NAME,
@@ -50,6 +61,7 @@ def job_enqueue(*, job: Job) -> None:
             queue=f"inferq.model.{job.model_name}",
             task_id=str(job.id),
             retry=True,
+            **options,
         )
     except (KombuOperationalError, RedisError, OSError) as exc:
         logger.error("broker unavailable while enqueueing job %s: %s", job.id, exc)
@@ -102,7 +114,7 @@ def job_create(
     # Published after the commit (so a worker always finds the row); if the broker is down the
     # job is withdrawn and the client told 503, so a retry never creates a twin.
     try:
-        job_enqueue(job=job)
+        job_enqueue(job=job, spec=spec)
     except ServiceUnavailable:
         job.input.delete(save=False)
         Job.objects.filter(id=job.id).delete()
@@ -124,41 +136,125 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
-def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
-    """Claim a job for this worker; None when it already ended (or was canceled).
+def _lease_until(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.INFERQ_LEASE_SECONDS)
 
-    Runs on every delivery, so a job whose worker died is claimed again; after
-    INFERQ_MAX_ATTEMPTS deliveries that never finished it fails with `worker_lost`.
+
+def _claim(job: Job, *, worker: str, now: datetime) -> None:
+    job.status = JobStatus.RUNNING
+    job.attempts += 1
+    job.started_at = now
+    job.worker = worker
+    job.lease_expires_at = _lease_until(now)
+    job.queue_ms = _ms(job.created_at, now)
+
+
+_CLAIM_FIELDS = ["status", "attempts", "started_at", "worker", "lease_expires_at", "queue_ms"]
+
+
+def _fail_worker_lost(job: Job, now: datetime) -> None:
+    job.status = JobStatus.FAILED
+    job.error_code = "worker_lost"
+    job.error_message = f"The job's worker process died {job.attempts} times while running it."
+    job.finished_at = now
+    job.lease_expires_at = None
+    job.total_ms = _ms(job.created_at, now)
+    job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at",
+                            "total_ms"])
+    logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name, "status": "failed",
+                                        "code": "worker_lost", "attempts": job.attempts})
+
+
+def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
+    """Claim a job for this worker on delivery of its message; None when there is nothing to do.
+
+    Nothing to do: the job ended or was canceled, or another live worker holds it (it was taken
+    into that worker's batch, and its lease is fresh). A running job whose lease ran out lost its
+    worker: it is claimed again, and after INFERQ_MAX_ATTEMPTS claims it fails with `worker_lost`.
     """
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status not in ACTIVE_STATUSES:
             return None
-        if job.attempts >= settings.INFERQ_MAX_ATTEMPTS:
-            job.status = JobStatus.FAILED
-            job.error_code = "worker_lost"
-            job.error_message = f"The job's worker process died {job.attempts} times while running it."
-            job.finished_at = now
-            job.total_ms = _ms(job.created_at, now)
-            job.save(update_fields=["status", "error_code", "error_message", "finished_at", "total_ms"])
-            logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name,
-                                                "status": "failed", "code": "worker_lost"})
-            # Like every other way a job ends, failing it discards its input (once that is committed).
-            transaction.on_commit(lambda: job_discard_input(job=job))
+        if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
             return None
-        job.status = JobStatus.RUNNING
-        job.attempts += 1
-        job.started_at = now
-        job.worker = worker
-        job.queue_ms = _ms(job.created_at, now)
-        job.save(update_fields=["status", "attempts", "started_at", "worker", "queue_ms"])
+        if job.attempts >= settings.INFERQ_MAX_ATTEMPTS:
+            _fail_worker_lost(job, now)
+            return None
+        _claim(job, worker=worker, now=now)
+        job.save(update_fields=_CLAIM_FIELDS)
+    logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
+                                      "queue_ms": job.queue_ms, "attempt": job.attempts})
     return job
+
+
+def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit: int) -> list[Job]:
+    """Claim up to `limit` more queued jobs of one model version, oldest first, to run in one batch.
+
+    Their own messages, delivered later, find them running under a fresh lease and are skipped.
+    """
+    if limit <= 0:
+        return []
+    # Only first attempts: a job requeued after its worker died is run alone, by its own message.
+    candidates = Job.objects.filter(model_name=model_name, model_version=model_version, status=JobStatus.QUEUED,
+                                    attempts=0)
+    # Cheap read first: polling an empty queue must not take SQLite's write lock.
+    if not candidates.exists():
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        jobs = list(candidates.select_for_update(skip_locked=True).order_by("created_at")[:limit])
+        for job in jobs:
+            _claim(job, worker=worker, now=now)
+        if jobs:
+            Job.objects.bulk_update(jobs, _CLAIM_FIELDS)
+    for job in jobs:
+        logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
+                                          "queue_ms": job.queue_ms, "attempt": job.attempts})
+    return jobs
+
+
+def job_leases_renew(*, job_ids: list[UUID], worker: str) -> int:
+    """Extend the leases of the jobs this worker process is running right now."""
+    if not job_ids:
+        return 0
+    return Job.objects.filter(id__in=job_ids, status=JobStatus.RUNNING, worker=worker).update(
+        lease_expires_at=_lease_until(timezone.now()))
+
+
+def job_requeue_orphans() -> dict[str, int]:
+    """Sweeper: running jobs whose lease ran out lost their worker; queue them again (or fail them)."""
+    now = timezone.now()
+    counts = {"requeued": 0, "worker_lost": 0}
+    orphans = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).values_list("id", flat=True)
+    for job_id in list(orphans[:1000]):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(id=job_id, status=JobStatus.RUNNING,
+                                                         lease_expires_at__lt=now).first()
+            if job is None:
+                continue
+            if job.attempts >= settings.INFERQ_MAX_ATTEMPTS:
+                _fail_worker_lost(job, now)
+                counts["worker_lost"] += 1
+                continue
+            job.status = JobStatus.QUEUED
+            job.lease_expires_at = None
+            job.save(update_fields=["status", "lease_expires_at"])
+        try:
+            job_enqueue(job=job, spec=_spec_or_none(job))
+            counts["requeued"] += 1
+        except ServiceUnavailable:
+            break  # the broker is down; the next sweep tries again
+        logger.warning("job requeued after its worker was lost",
+                       extra={"job_id": str(job.id), "model": job.model_name, "status": "queued",
+                              "attempts": job.attempts})
+    return counts
 
 
 def _finish(job: Job, **fields: Any) -> bool:
     now = timezone.now()
-    fields.update(finished_at=now, total_ms=_ms(job.created_at, now))
+    fields.update(finished_at=now, total_ms=_ms(job.created_at, now), lease_expires_at=None)
     updated = Job.objects.filter(id=job.id, status__in=ACTIVE_STATUSES).update(**fields)
     if updated:
         job_discard_input(job=job)

@@ -141,6 +141,9 @@ INFERQ_MAX_INPUT_BYTES = env_int("INFERQ_MAX_INPUT_BYTES", 20 * 1024 * 1024)
 INFERQ_MAX_IMAGE_PIXELS = env_int("INFERQ_MAX_IMAGE_PIXELS", 50_000_000)
 # A job whose worker died this many times fails with `worker_lost` instead of looping.
 INFERQ_MAX_ATTEMPTS = env_int("INFERQ_MAX_ATTEMPTS", 3)
+# Seconds a worker owns a running job without renewing it; after that the job counts as orphaned
+# (its worker died) and is claimed again. Workers renew every third of it.
+INFERQ_LEASE_SECONDS = env_int("INFERQ_LEASE_SECONDS", 30)
 # Seconds a worker heartbeat stays valid; /readyz and /v1/models count workers seen within it.
 INFERQ_HEARTBEAT_TTL = env_int("INFERQ_HEARTBEAT_TTL", 30)
 

@@ -81,7 +81,7 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 def on_worker_process_init(**kwargs: Any) -> None:
     import torch
 
-    from workers import registry, runner
+    from workers import lease, registry, runner
     from workers.loading import default_device
 
     torch.set_num_threads(_threads["intra"])
@@ -90,7 +90,9 @@ def on_worker_process_init(**kwargs: Any) -> None:
     except RuntimeError:
         pass  # already set in this process
     device = default_device()
-    runner.configure(device=device, hostname=_worker["hostname"] or os.uname().nodename)
+    hostname = _worker["hostname"] or os.uname().nodename
+    runner.configure(device=device, hostname=hostname)
+    lease.start(hostname)
     for spec in _served:
         registry.load(spec, device)
 

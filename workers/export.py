@@ -28,7 +28,10 @@ def _save(module: nn.Module, path: Path, fmt: str, example: torch.Tensor) -> str
         torch.save(module.state_dict(), path / "weights.pt")
         return "weights.pt"
     if fmt == "export":
-        program = torch.export.export(module, (example.unsqueeze(0),))
+        # The batch dimension must stay dynamic (workers batch jobs); traced with 2 samples because
+        # export specializes a dimension it only ever saw as 1.
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(module, (torch.stack([example, example]),), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path / "model.pt2"))
         return "model.pt2"
     if fmt == "torchscript":

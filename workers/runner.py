@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from api.models import Job
-from api.services import job_fail, job_start, job_succeed
-from workers import registry
+from api.services import job_claim_queued, job_fail, job_start, job_succeed
+from workers import lease, registry
 from workers.handlers import InputError, Outcome
 from workers.store import get_store
 
@@ -39,12 +40,42 @@ def read_input(job: Job) -> bytes:
 
 
 def run_job(job_id: str) -> None:
-    """Everything that can go wrong with one job ends as that job's error, never the worker's."""
-    job = job_start(job_id=job_id, worker=_state["hostname"])
+    """Claim the message's job, gather a batch of queued jobs of the same model, run them together.
+
+    Everything that can go wrong with one job ends as that job's error, never the worker's.
+    """
+    worker = _state["hostname"]
+    job = job_start(job_id=job_id, worker=worker)
     if job is None:
-        logger.info("job skipped (already ended or canceled)", extra={"job_id": job_id})
+        logger.debug("job skipped (ended, canceled, or held by another worker)", extra={"job_id": job_id})
         return
-    run_claimed([job])
+    jobs = [job]
+    with lease.holding([job.id]):
+        # A job retried after its worker died runs alone: if its input is what kills workers,
+        # it must not take innocent batch mates down with it again.
+        if job.attempts == 1:
+            jobs += gather_batch(job, worker)
+        with lease.holding([j.id for j in jobs]):
+            run_claimed(jobs)
+
+
+def gather_batch(job: Job, worker: str) -> list[Job]:
+    """More queued jobs for this model version: what is queued now, waiting up to batch_delay_ms to fill."""
+    try:
+        spec = get_store().get(job.model_name, job.model_version)
+    except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
+        return []
+    wanted = spec.batch_size - 1
+    deadline = time.monotonic() + spec.batch_delay_ms / 1000.0
+    extra: list[Job] = []
+    while wanted > len(extra):
+        extra += job_claim_queued(model_name=job.model_name, model_version=job.model_version, worker=worker,
+                                  limit=wanted - len(extra))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or len(extra) >= wanted:
+            break
+        time.sleep(min(0.002, remaining))
+    return extra
 
 
 def run_claimed(jobs: list[Job]) -> None:

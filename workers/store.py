@@ -84,8 +84,24 @@ _KNOWN = {"name", "version", "handler", "architecture", "format", "weights", "in
           "batch_size", "batch_delay_ms", "threads", "timeout_s", "max_queued"}
 
 
+_CACHE: dict[Path, tuple[tuple[int, int], ModelSpec]] = {}
+
+
 def read_manifest(path: Path) -> ModelSpec:
-    """Parse `<path>/manifest.json`, raising StoreError with a readable reason."""
+    """Parse `<path>/manifest.json` (cached until the file changes), raising StoreError with a reason."""
+    try:
+        stat = (path / MANIFEST).stat()
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path}: no {MANIFEST}") from exc
+    cached = _CACHE.get(path)
+    if cached and cached[0] == (stat.st_mtime_ns, stat.st_size):
+        return cached[1]
+    spec = _parse_manifest(path)
+    _CACHE[path] = ((stat.st_mtime_ns, stat.st_size), spec)
+    return spec
+
+
+def _parse_manifest(path: Path) -> ModelSpec:
     try:
         data = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError as exc:

@@ -47,8 +47,9 @@ class ImageClassifier(Handler):
                 img = ImageOps.exif_transpose(img).convert(self.mode)
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-                Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"Image declares too many pixels: {exc}", code="image_too_large") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InputError(f"Cannot decode the image: {exc}", code="invalid_image") from exc
         return self.preprocess(img)
 

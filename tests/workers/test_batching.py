@@ -1,0 +1,165 @@
+"""Dynamic batching by claiming queued rows, and the leases that make it crash-safe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.utils import timezone
+
+from api.inputs import ModelInput
+from api.models import Job, JobStatus
+from api.services import job_claim_queued, job_create, job_leases_renew, job_requeue_orphans, job_start
+from api.services import model_spec_get
+from tests.api.helpers import broker_messages
+from workers import runner
+
+pytestmark = pytest.mark.django_db
+
+WORKER = "celery@batcher"
+
+
+@pytest.fixture(autouse=True)
+def worker_state(tmp_path: Path, settings: Any) -> Iterator[None]:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    saved = dict(runner._state)
+    runner.configure(device=torch.device("cpu"), hostname=WORKER)
+    yield
+    runner._state.update(saved)
+    broker_messages("inferq.model.echo")
+
+
+def set_batching(model_dir: Path, batch_size: int, delay_ms: float = 0) -> None:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest.update(batch_size=batch_size, batch_delay_ms=delay_ms)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def make_jobs(user: Any, echo_model: Path) -> Callable[[list[bytes]], list[Job]]:
+    def make(payloads: list[bytes]) -> list[Job]:
+        spec = model_spec_get(name="echo")
+        return [job_create(owner=user, spec=spec, model_input=ModelInput(p, "application/octet-stream"))
+                for p in payloads]
+
+    return make
+
+
+def test_one_message_runs_every_queued_job_as_one_batch(echo_model: Path, make_jobs: Any) -> None:
+    set_batching(echo_model, batch_size=8)
+    jobs = make_jobs([f"input {i}".encode() for i in range(5)])
+
+    runner.run_job(str(jobs[0].id))
+
+    rows = {j.id: j for j in Job.objects.all()}
+    assert all(rows[j.id].status == JobStatus.SUCCEEDED for j in jobs)
+    assert {rows[j.id].batch_size for j in jobs} == {5}
+    assert [rows[j.id].result["size"] for j in jobs] == [len(f"input {i}") for i in range(5)]
+
+
+def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any) -> None:
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([b"x" * (i + 1) for i in range(7)])
+
+    runner.run_job(str(jobs[0].id))
+
+    statuses = [Job.objects.get(id=j.id).status for j in jobs]
+    assert statuses.count(JobStatus.SUCCEEDED) == 3
+    # The oldest jobs go first.
+    assert statuses[:3] == [JobStatus.SUCCEEDED] * 3
+
+
+def test_without_batching_only_the_message_job_runs(echo_model: Path, make_jobs: Any) -> None:
+    set_batching(echo_model, batch_size=1)
+    jobs = make_jobs([b"a", b"b"])
+
+    runner.run_job(str(jobs[0].id))
+
+    assert Job.objects.get(id=jobs[0].id).status == JobStatus.SUCCEEDED
+    assert Job.objects.get(id=jobs[1].id).status == JobStatus.QUEUED
+
+
+def test_a_bad_input_fails_alone_inside_a_batch(echo_model: Path, make_jobs: Any) -> None:
+    set_batching(echo_model, batch_size=8)
+    jobs = make_jobs([b"good one", b"invalid input", b"good two"])
+
+    runner.run_job(str(jobs[1].id))
+
+    rows = [Job.objects.get(id=j.id) for j in jobs]
+    assert [r.status for r in rows] == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
+    assert rows[1].error_code == "invalid_input"
+    assert rows[0].result["size"] == len(b"good one")
+
+
+def test_the_message_of_a_job_taken_into_a_batch_is_skipped(echo_model: Path, make_jobs: Any) -> None:
+    jobs = make_jobs([b"a", b"b"])
+    leader = job_start(job_id=jobs[0].id, worker="w1")
+    assert leader is not None
+    extra = job_claim_queued(model_name="echo", model_version="1", worker="w1", limit=4)
+    assert [j.id for j in extra] == [jobs[1].id]
+
+    # Its own message arrives at another worker while w1 still holds a fresh lease.
+    assert job_start(job_id=jobs[1].id, worker="w2") is None
+    row = Job.objects.get(id=jobs[1].id)
+    assert row.worker == "w1" and row.attempts == 1
+
+
+def test_an_expired_lease_means_the_worker_was_lost_and_the_job_is_claimed_again(make_jobs: Any) -> None:
+    (job,) = make_jobs([b"a"])
+    assert job_start(job_id=job.id, worker="w1") is not None
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    again = job_start(job_id=job.id, worker="w2")
+
+    assert again is not None and again.worker == "w2" and again.attempts == 2
+
+
+def test_renewing_keeps_the_lease_fresh(make_jobs: Any) -> None:
+    (job,) = make_jobs([b"a"])
+    job_start(job_id=job.id, worker="w1")
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() + timedelta(seconds=1))
+
+    assert job_leases_renew(job_ids=[job.id], worker="w1") == 1
+    assert job_leases_renew(job_ids=[job.id], worker="someone-else") == 0
+    assert Job.objects.get(id=job.id).lease_expires_at > timezone.now() + timedelta(seconds=10)
+
+
+def test_sweeper_requeues_orphans_and_fails_those_out_of_attempts(make_jobs: Any, settings: Any) -> None:
+    settings.INFERQ_MAX_ATTEMPTS = 2
+    orphan, doomed, healthy = make_jobs([b"a", b"b", b"c"])
+    broker_messages("inferq.model.echo")
+    for job in (orphan, doomed, healthy):
+        job_start(job_id=job.id, worker="w1")
+    Job.objects.filter(id=doomed.id).update(attempts=2)
+    past = timezone.now() - timedelta(seconds=5)
+    Job.objects.filter(id__in=[orphan.id, doomed.id]).update(lease_expires_at=past)
+
+    counts = job_requeue_orphans()
+
+    assert counts == {"requeued": 1, "worker_lost": 1}
+    assert Job.objects.get(id=orphan.id).status == JobStatus.QUEUED
+    assert Job.objects.get(id=doomed.id).error_code == "worker_lost"
+    assert Job.objects.get(id=healthy.id).status == JobStatus.RUNNING
+    messages = broker_messages("inferq.model.echo")
+    assert [m.headers["id"] for m in messages] == [str(orphan.id)]
+
+
+def test_a_job_retried_after_a_lost_worker_runs_alone(echo_model: Path, make_jobs: Any) -> None:
+    set_batching(echo_model, batch_size=8)
+    suspect, bystander = make_jobs([b"maybe kills workers", b"innocent"])
+    job_start(job_id=suspect.id, worker="w1")
+    Job.objects.filter(id=suspect.id).update(status=JobStatus.QUEUED, lease_expires_at=None)
+
+    runner.run_job(str(suspect.id))
+
+    assert Job.objects.get(id=suspect.id).status == JobStatus.SUCCEEDED
+    assert Job.objects.get(id=suspect.id).batch_size == 1
+    assert Job.objects.get(id=bystander.id).status == JobStatus.QUEUED
+    # ...and a requeued job is never taken into someone else's batch either.
+    Job.objects.filter(id=bystander.id).update(attempts=1)
+    assert job_claim_queued(model_name="echo", model_version="1", worker="w2", limit=8) == []

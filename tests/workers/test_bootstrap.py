@@ -1,0 +1,69 @@
+"""Worker bootstrap helpers: thread budget per pool process and which models a worker serves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_entry
+from workers.bootstrap import served_models, threads_per_process
+from workers.store import ModelStore, StoreError
+
+
+@pytest.fixture
+def eight_cores(monkeypatch: Any) -> None:
+    monkeypatch.delenv("INFERQ_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+
+
+@pytest.mark.parametrize(("concurrency", "threads"), [(1, 8), (2, 4), (3, 2), (8, 1), (16, 1), (0, 8)])
+def test_cores_are_divided_among_pool_processes(eight_cores: None, concurrency: int, threads: int) -> None:
+    assert threads_per_process(concurrency) == threads
+
+
+@pytest.mark.parametrize(("value", "threads"), [("3", 3), ("1", 1), ("0", 1)])
+def test_inferq_threads_overrides(eight_cores: None, monkeypatch: Any, value: str, threads: int) -> None:
+    monkeypatch.setenv("INFERQ_THREADS", value)
+    assert threads_per_process(4) == threads
+
+
+@pytest.fixture
+def model_store(tmp_path: Path, monkeypatch: Any) -> ModelStore:
+    monkeypatch.delenv("INFERQ_MODELS", raising=False)
+    for name in ("echo", "digits", "resnet18"):
+        write_entry(tmp_path, {"name": name, "version": "1", "handler": "echo", "input": {"kind": "bytes"}})
+    return ModelStore(tmp_path)
+
+
+def names(specs: list[Any]) -> list[str]:
+    return [spec.name for spec in specs]
+
+
+def test_inferq_models_wins(model_store: ModelStore, monkeypatch: Any) -> None:
+    monkeypatch.setenv("INFERQ_MODELS", " resnet18, echo ,")
+    assert names(served_models(model_store, ["inferq.model.digits"])) == ["resnet18", "echo"]
+
+
+def test_queues_named_with_dash_q_choose_the_models(model_store: ModelStore) -> None:
+    consumed = ["inferq", "inferq.model.digits", "inferq.model.echo", "inferq.model.absent"]
+    assert names(served_models(model_store, consumed)) == ["digits", "echo"]
+
+
+def test_otherwise_every_model_in_the_store(model_store: ModelStore) -> None:
+    assert names(served_models(model_store, ["inferq", "celery"])) == ["digits", "echo", "resnet18"]
+    assert names(served_models(model_store, [])) == ["digits", "echo", "resnet18"]
+
+
+def test_served_models_are_the_latest_versions(model_store: ModelStore, tmp_path: Path) -> None:
+    write_entry(tmp_path, {"name": "echo", "version": "2", "handler": "echo", "input": {"kind": "bytes"}})
+    (spec,) = served_models(model_store, ["inferq.model.echo"])
+    assert spec.version == "2"
+
+
+def test_an_unknown_model_in_inferq_models_fails_at_start(model_store: ModelStore, monkeypatch: Any) -> None:
+    monkeypatch.setenv("INFERQ_MODELS", "echo,typo")
+    with pytest.raises(StoreError, match="typo"):
+        served_models(model_store, [])

@@ -1,0 +1,81 @@
+"""Export: the trained digits model earns its accuracy; a torchvision entry is complete and loadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import jpeg_bytes
+from workers import digits
+from workers.architectures import DigitsNet, imagenet_labels
+from workers.export import export_torchvision
+from workers.handlers import get_handler
+from workers.store import ModelStore, read_manifest
+
+
+def test_digits_manifest_records_a_real_accuracy(digits_entry: Path) -> None:
+    manifest = json.loads((digits_entry / "manifest.json").read_text())
+
+    assert manifest["name"] == "digits" and manifest["version"] == "1"
+    assert manifest["handler"] == "image_classifier"
+    assert manifest["labels"] == [str(i) for i in range(10)]
+    assert manifest["accuracy"] >= 0.9
+    assert manifest["holdout"]["size"] == len(digits.split()[3])
+    state = torch.load(digits_entry / manifest["weights"], weights_only=True)
+    assert set(state) == set(DigitsNet().state_dict())
+
+
+def test_digits_accuracy_is_reproducible_through_the_handler(digits_entry: Path, digits_handler: Any) -> None:
+    """Recount the accuracy independently, one image at a time, and compare with the manifest's."""
+    manifest = json.loads((digits_entry / "manifest.json").read_text())
+    pairs = digits.holdout_pngs()
+    correct = sum(digits_handler(png, "image/png")["predictions"][0]["index"] == label for png, label in pairs)
+    assert correct / len(pairs) == pytest.approx(manifest["accuracy"], abs=1e-4)
+
+
+def test_an_untrained_digits_net_is_not_accurate() -> None:
+    """The control for the accuracy bar: chance-level weights stay far below it."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    module = DigitsNet().eval()
+    _, _, hold_x, hold_y = digits.split()
+    with torch.inference_mode():
+        predicted = module(torch.tensor(hold_x / 16.0, dtype=torch.float32).unsqueeze(1)).argmax(1).numpy()
+    assert float(np.mean(predicted == hold_y)) < 0.5
+
+
+def test_export_torchvision_resnet18_is_loadable(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    path = export_torchvision(store, "resnet18")
+
+    assert path == tmp_path / "resnet18" / "1"
+    spec = read_manifest(path)
+    assert (spec.handler, spec.architecture, spec.format) == ("image_classifier", "resnet18", "state_dict")
+    assert spec.labels == imagenet_labels() and len(spec.labels) == 1000
+    assert spec.weights_path.is_file()
+    assert spec.extra["source"] == "random"
+
+    handler = get_handler(spec)
+    handler.setup(torch.device("cpu"))
+    predictions = handler(jpeg_bytes(300, 200), "image/jpeg")["predictions"]
+    assert len(predictions) == 5
+    assert all(p["label"] == spec.labels[p["index"]] for p in predictions)
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+
+    # Random weights are seeded: exporting again gives version 2 with identical tensors.
+    again = read_manifest(export_torchvision(store, "resnet18"))
+    assert again.version == "2"
+    first, second = (torch.load(s.weights_path, weights_only=True) for s in (spec, again))
+    assert all(torch.equal(first[k], second[k]) for k in ("conv1.weight", "fc.weight"))
+
+
+def test_export_torchvision_refuses_unknown_architectures(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        export_torchvision(ModelStore(tmp_path), "lenet")
+    assert not any(tmp_path.iterdir())

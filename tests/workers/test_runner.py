@@ -1,0 +1,194 @@
+"""run_job on real Job rows: success writes result and timings, every failure ends as the job's error."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from api.models import Job, JobStatus
+from api.services import job_cancel, job_start
+from tests.api.helpers import broker_messages
+from workers import handlers, runner
+from workers.handlers import EchoHandler
+
+pytestmark = pytest.mark.django_db
+
+HOSTNAME = "celery@test-worker"
+
+
+@pytest.fixture(autouse=True)
+def worker_state(tmp_path: Path, settings: Any) -> Iterator[None]:
+    """This process acts as one worker: a known hostname, the CPU, inputs in a temp media root."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    saved = dict(runner._state)
+    runner.configure(device=torch.device("cpu"), hostname=HOSTNAME)
+    yield
+    runner._state.update(saved)
+    broker_messages("inferq.model.echo")
+
+
+@pytest.fixture
+def make_job(user: Any, echo_model: Path) -> Callable[[bytes], Job]:
+    from api.inputs import ModelInput
+    from api.services import job_create, model_spec_get
+
+    def make(data: bytes) -> Job:
+        return job_create(owner=user, spec=model_spec_get(name="echo"),
+                          model_input=ModelInput(data, "application/octet-stream"))
+
+    return make
+
+
+def echo_result(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha256_prefix": hashlib.sha256(data).hexdigest()[:16]}
+
+
+def test_run_job_succeeds_and_records_everything(make_job: Callable[[bytes], Job]) -> None:
+    job = make_job(b"a picture, honestly")
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == echo_result(b"a picture, honestly")
+    assert job.worker == HOSTNAME
+    assert job.attempts == 1
+    assert job.error_code == ""
+    assert job.batch_size == 1
+    assert job.inference_ms is not None and job.inference_ms >= 0
+    assert job.queue_ms is not None and job.queue_ms >= 0
+    assert job.total_ms is not None and job.total_ms >= job.queue_ms
+    assert job.started_at is not None and job.finished_at is not None and job.finished_at >= job.started_at
+    assert not job.input.storage.exists(job.input.name)
+
+
+def test_the_celery_task_body_runs_the_job(make_job: Callable[[bytes], Job]) -> None:
+    import tasks.inference
+
+    job = make_job(b"via the task")
+    tasks.inference.run(job_id=str(job.id), model="echo")
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == echo_result(b"via the task")
+
+
+def test_bad_input_fails_the_job_with_its_code(make_job: Callable[[bytes], Job]) -> None:
+    job = make_job(b"invalid bytes")
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "invalid_input"
+    assert "invalid" in job.error_message
+    assert job.result is None
+
+
+def test_an_unexpected_handler_exception_fails_the_job_not_the_worker(make_job: Callable[[bytes], Job],
+                                                                      monkeypatch: Any) -> None:
+    class BrokenModel(EchoHandler):
+        def predict(self, batch: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("CUDA error: device-side assert triggered at /secret/path.py:12")
+
+    monkeypatch.setitem(handlers.HANDLERS, "echo", BrokenModel)
+    job = make_job(b"fine input")
+
+    runner.run_job(str(job.id))  # must not raise
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "inference_error"
+    assert "secret" not in job.error_message and "Traceback" not in job.error_message
+
+
+def test_time_limit_fails_the_job_with_timeout(make_job: Callable[[bytes], Job], monkeypatch: Any) -> None:
+    class SlowModel(EchoHandler):
+        def predict(self, batch: torch.Tensor) -> torch.Tensor:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setitem(handlers.HANDLERS, "echo", SlowModel)
+    job = make_job(b"slow")
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "timeout")
+
+
+def test_missing_stored_input_fails_with_input_missing(make_job: Callable[[bytes], Job]) -> None:
+    job = make_job(b"soon gone")
+    job.input.storage.delete(job.input.name)
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "input_missing")
+
+
+def test_canceled_job_is_skipped(make_job: Callable[[bytes], Job]) -> None:
+    job = make_job(b"never mind")
+    job_cancel(job=job)
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELED
+    assert job.result is None
+    assert job.attempts == 0
+
+
+def test_a_second_delivery_changes_nothing(make_job: Callable[[bytes], Job]) -> None:
+    job = make_job(b"twice")
+    runner.run_job(str(job.id))
+    job.refresh_from_db()
+    finished_at = job.finished_at
+
+    runner.run_job(str(job.id))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.attempts == 1
+    assert job.finished_at == finished_at
+
+
+def test_unknown_job_id_is_ignored(db: Any) -> None:
+    runner.run_job("00000000-0000-0000-0000-000000000000")
+    assert not Job.objects.exists()
+
+
+def test_claimed_jobs_run_as_one_batch_and_a_bad_one_fails_alone(make_job: Callable[[bytes], Job]) -> None:
+    payloads = [b"first", b"invalid second", b"third"]
+    jobs = [job_start(job_id=make_job(p).id, worker=HOSTNAME) for p in payloads]
+    assert all(j is not None for j in jobs)
+
+    runner.run_claimed(jobs)  # type: ignore[arg-type]
+
+    for job in jobs:
+        job.refresh_from_db()  # type: ignore[union-attr]
+    first, second, third = jobs
+    assert (first.status, first.result, first.batch_size) == ("succeeded", echo_result(b"first"), 2)
+    assert (second.status, second.error_code) == ("failed", "invalid_input")
+    assert (third.status, third.result, third.batch_size) == ("succeeded", echo_result(b"third"), 2)
+
+
+def test_the_handler_is_loaded_once_per_process(make_job: Callable[[bytes], Job], monkeypatch: Any) -> None:
+    setups: list[torch.device] = []
+
+    class CountingEcho(EchoHandler):
+        def setup(self, device: torch.device) -> None:
+            setups.append(device)
+            super().setup(device)
+
+    monkeypatch.setitem(handlers.HANDLERS, "echo", CountingEcho)
+    for data in (b"one", b"two", b"three"):
+        runner.run_job(str(make_job(data).id))
+
+    assert setups == [torch.device("cpu")]
+    assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 3
