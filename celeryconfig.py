@@ -57,7 +57,7 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 # Modules a worker imports at start: the task adapters and the torch-side bootstrap.
-imports = ("tasks.inference", "tasks.sweeper", "workers.bootstrap")
+imports = ("tasks.inference", "tasks.sweeper", "tasks.maintenance", "workers.bootstrap")
 
 # Periodic housekeeping, run by `celery -A project beat` on the default queue.
 beat_schedule = {
@@ -65,6 +65,12 @@ beat_schedule = {
         "task": "inferq.sweep",
         "schedule": float(os.environ.get("INFERQ_SWEEP_SECONDS", "10")),
         "options": {"expires": 30},
+    },
+    # Retention: finished jobs older than INFERQ_RESULT_RETENTION_DAYS go (api/retention.py).
+    "purge-expired-jobs": {
+        "task": "maintenance.purge_expired",
+        "schedule": float(os.environ.get("INFERQ_PURGE_SECONDS", "3600")),
+        "options": {"expires": 1800},
     },
 }
 

@@ -6,9 +6,10 @@
     ├── NotFound (404)            not_found, unknown_model
     ├── PayloadTooLarge (413)     too_large
     ├── UnsupportedMediaType (415) unsupported_media_type
-    ├── Conflict (409)            conflict
-    ├── Overloaded (429)          queue_full (with Retry-After)
-    └── ServiceUnavailable (503)  broker_unavailable, database_unavailable (with Retry-After)
+    ├── Conflict (409)            conflict, idempotency_key_reused
+    ├── Overloaded (429)          queue_full (with Retry-After); DRF's throttles answer `throttled` the same way
+    ├── ServiceUnavailable (503)  broker_unavailable, database_unavailable, wait_slots_full (with Retry-After)
+    └── GatewayTimeout (504)      timeout (a synchronous TorchServe/KServe call outlived its wait)
 
 DRF's own exceptions (authentication, throttling, method, parse errors) and Django's
 404/500 are mapped onto the same shape, so a client handles exactly one format.
@@ -77,6 +78,11 @@ class ServiceUnavailable(ApiError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "service_unavailable"
     retry_after = 5
+
+
+class GatewayTimeout(ApiError):
+    status_code = status.HTTP_504_GATEWAY_TIMEOUT
+    code = "timeout"
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

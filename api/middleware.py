@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from api.exceptions import error_body
 
@@ -14,7 +16,7 @@ logger = logging.getLogger("api.errors")
 
 
 class JsonErrorMiddleware:
-    """Turns unhandled exceptions into the one error shape (503 for an unreachable database)."""
+    """Turns unhandled exceptions into the one error shape (503 for an unreachable database or Redis)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -27,6 +29,15 @@ class JsonErrorMiddleware:
             logger.error("database error on %s %s: %s", request.method, request.path, exception)
             response = JsonResponse(
                 error_body("database_unavailable", "The database is unavailable; try again shortly."), status=503
+            )
+            response["Retry-After"] = "5"
+            return response
+        if isinstance(exception, RedisError | KombuOperationalError):
+            # Redis is the broker, the cache and the throttles' counter: any use of it while it is down
+            # is an outage the client should retry, never a 500.
+            logger.error("redis unavailable on %s %s: %s", request.method, request.path, exception)
+            response = JsonResponse(
+                error_body("broker_unavailable", "The job queue is unavailable; try again shortly."), status=503
             )
             response["Retry-After"] = "5"
             return response

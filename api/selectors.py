@@ -1,4 +1,4 @@
-"""Reads: jobs visible to a user, and the models being served."""
+"""Reads: jobs and batches visible to a user, and the models being served."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from redis.exceptions import RedisError
 
 from api.exceptions import InvalidInput, NotFound
 from api.heartbeats import workers_online
-from api.models import Job, JobStatus
+from api.models import Batch, Job, JobStatus
 from workers.store import ModelSpec, get_store
 
 
@@ -42,6 +42,37 @@ def job_list(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -
         except ValueError as exc:
             raise InvalidInput("batch must be a UUID.", code="invalid_request") from exc
     return qs
+
+
+def batch_get(*, user: AbstractBaseUser, batch_id: str) -> Batch:
+    """The caller's batch; anyone else's (or a malformed id) is simply not found."""
+    try:
+        uuid = UUID(str(batch_id))
+    except ValueError as exc:
+        raise NotFound(f"No batch {batch_id!r}: batch ids are UUIDs.", code="not_found") from exc
+    batch = Batch.objects.filter(id=uuid, owner=user).first()
+    if batch is None:
+        raise NotFound(f"No batch {uuid}.", code="not_found")
+    return batch
+
+
+def batch_counts(*, batch: Batch) -> dict[str, int]:
+    """Jobs of a batch by status, every status present (one grouped query)."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    for row in Job.objects.filter(batch=batch).order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def batch_describe(*, batch: Batch) -> dict[str, Any]:
+    counts = batch_counts(batch=batch)
+    return {"id": str(batch.id), "name": batch.name, "model": batch.model_name, "created_at": batch.created_at,
+            "total": sum(counts.values()), "counts": counts, "jobs": f"/v1/jobs?batch={batch.id}"}
+
+
+def job_key_used(*, user: AbstractBaseUser, idempotency_key: str) -> bool:
+    """Whether the caller already made a job with this Idempotency-Key."""
+    return Job.objects.filter(owner=user, idempotency_key=idempotency_key).exists()
 
 
 def queue_depth(model_name: str) -> int:

@@ -47,3 +47,8 @@ class JobListFilterSerializer(serializers.Serializer):
     status = serializers.CharField(required=False)
     model = serializers.CharField(required=False)
     batch = serializers.CharField(required=False)
+
+
+class BatchCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    model = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")

@@ -16,7 +16,9 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from api.exceptions import NotFound, Overloaded, ServiceUnavailable
+from api.cache import cached_result_find, job_create_cached
+from api.events import job_event_publish_on_commit
+from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
 from workers.store import ModelSpec, StoreError, get_store
@@ -85,11 +87,23 @@ def job_create(
     batch: Batch | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Store the input, insert the Job row (queued) and, once committed, enqueue its id."""
+    """Store the input, insert the Job row (queued) and, once committed, enqueue its id.
+
+    The same idempotency key returns the job it made before; bytes this model version already
+    answered make a job that is succeeded at once, from the result cache (api/cache.py).
+    """
+    sha256 = hashlib.sha256(model_input.data).hexdigest()
+    if idempotency_key and len(idempotency_key) > 255:
+        raise InvalidInput("Idempotency-Key is longer than 255 characters.", code="invalid_request")
     if idempotency_key:
         existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
+            check_idempotent_replay(existing=existing, spec=spec, sha256=sha256)
             return existing
+    hit = cached_result_find(owner=owner, spec=spec, sha256=sha256)
+    if hit is not None:
+        return job_create_cached(owner=owner, source=hit, content_type=model_input.content_type,
+                                 size=len(model_input.data), batch=batch, idempotency_key=idempotency_key)
     check_queue_capacity(spec=spec)
     job = Job(
         owner=owner,
@@ -97,7 +111,7 @@ def job_create(
         model_version=spec.version,
         input_content_type=model_input.content_type,
         input_size=len(model_input.data),
-        input_sha256=hashlib.sha256(model_input.data).hexdigest(),
+        input_sha256=sha256,
         batch=batch,
         idempotency_key=idempotency_key or None,
     )
@@ -123,6 +137,13 @@ def job_create(
     return job
 
 
+def check_idempotent_replay(*, existing: Job, spec: ModelSpec, sha256: str) -> None:
+    """A reused Idempotency-Key must come with the same model and the same input bytes."""
+    if existing.model_name != spec.name or existing.input_sha256 != sha256:
+        raise Conflict("This Idempotency-Key was already used for a different input or model; use a new key.",
+                       code="idempotency_key_reused")
+
+
 def job_cancel(*, job: Job) -> Job:
     """Cancel a job that has not finished; a queued job's message is then skipped by the worker."""
     now = timezone.now()
@@ -131,8 +152,10 @@ def job_cancel(*, job: Job) -> Job:
     )
     job.refresh_from_db()
     if updated:
-        logger.info("job canceled", extra={"job_id": str(job.id), "model": job.model_name, "status": "canceled"})
+        logger.info("job canceled", extra={"job_id": str(job.id), "model": job.model_name, "status": "canceled",
+                                           "total_ms": job.total_ms})
         job_discard_input(job=job)
+        job_event_publish_on_commit(job)
     return job
 
 
@@ -163,6 +186,9 @@ def _fail_worker_lost(job: Job, now: datetime) -> None:
                             "total_ms"])
     logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name, "status": "failed",
                                         "code": "worker_lost", "attempts": job.attempts})
+    # Like every other way a job ends, failing it discards its input (once that is committed).
+    transaction.on_commit(lambda: job_discard_input(job=job))
+    job_event_publish_on_commit(job)
 
 
 def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
@@ -257,7 +283,10 @@ def _finish(job: Job, **fields: Any) -> bool:
     fields.update(finished_at=now, total_ms=_ms(job.created_at, now), lease_expires_at=None)
     updated = Job.objects.filter(id=job.id, status__in=ACTIVE_STATUSES).update(**fields)
     if updated:
+        for name, value in fields.items():
+            setattr(job, name, value)
         job_discard_input(job=job)
+        job_event_publish_on_commit(job)
     return bool(updated)
 
 
@@ -267,7 +296,8 @@ def job_succeed(*, job: Job, result: Any, inference_ms: float, batch_size: int =
                    batch_size=batch_size, error_code="", error_message="")
     if done:
         logger.info("job succeeded", extra={"job_id": str(job.id), "model": job.model_name, "status": "succeeded",
-                                            "inference_ms": round(inference_ms, 3), "queue_ms": job.queue_ms})
+                                            "queue_ms": job.queue_ms, "inference_ms": round(inference_ms, 3),
+                                            "total_ms": job.total_ms, "batch_size": batch_size})
     return done
 
 
@@ -276,7 +306,8 @@ def job_fail(*, job: Job, code: str, message: str, inference_ms: float | None = 
                    inference_ms=inference_ms)
     if done:
         logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name, "status": "failed",
-                                            "code": code})
+                                            "code": code, "queue_ms": job.queue_ms, "inference_ms": inference_ms,
+                                            "total_ms": job.total_ms})
     return done
 
 
@@ -288,3 +319,8 @@ def job_discard_input(*, job: Job) -> None:
         job.input.storage.delete(job.input.name)
     except OSError:
         logger.warning("could not delete input of job %s", job.id)
+
+
+def batch_create(*, owner: AbstractBaseUser, name: str = "", model_name: str = "") -> Batch:
+    """A group for jobs submitted together (`submit_bulk`, or `POST /v1/batches` then `?batch=`)."""
+    return Batch.objects.create(owner=owner, name=name[:200], model_name=model_name[:100])

@@ -1,8 +1,9 @@
 """URL routes of the v1 API."""
 
-from django.urls import path
+from django.urls import include, path
 
 from api import views
+from api.views_metrics import MetricsApi
 
 urlpatterns = [
     path("v1/models", views.ModelListApi.as_view(), name="model-list"),
@@ -11,6 +12,10 @@ urlpatterns = [
     path("v1/jobs", views.JobListApi.as_view(), name="job-list"),
     path("v1/jobs/<str:job_id>", views.JobDetailApi.as_view(), name="job-detail"),
     path("v1/jobs/<str:job_id>/cancel", views.JobCancelApi.as_view(), name="job-cancel"),
+    path("v1/batches", views.BatchCreateApi.as_view(), name="batch-create"),
+    path("v1/batches/<str:batch_id>", views.BatchDetailApi.as_view(), name="batch-detail"),
     path("healthz", views.HealthzApi.as_view(), name="healthz"),
     path("readyz", views.ReadyzApi.as_view(), name="readyz"),
+    path("metrics", MetricsApi.as_view(), name="metrics"),
+    path("", include("api.compat.urls")),
 ]

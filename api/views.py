@@ -17,14 +17,34 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.events import job_wait, parse_prefer_wait, parse_query_wait
 from api.exceptions import InvalidInput, PayloadTooLarge, error_body
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes, input_from_json
 from api.parsers import RawBytesParser
 from api.redis_client import get_redis
-from api.selectors import job_get, job_list, model_describe, model_list
-from api.serializers import JobListFilterSerializer, JobOutputSerializer
-from api.services import job_cancel, job_create, model_spec_get
+from api.schema import (
+    HEALTH,
+    IDEMPOTENCY_KEY,
+    JOB_ID,
+    JOB_PAGE,
+    MODEL,
+    MODEL_LIST,
+    NOT_READY,
+    PAGE_PARAMETERS,
+    PREFER,
+    READY,
+    SUBMIT_HEADERS,
+    SUBMIT_REQUEST,
+    VERSION,
+    WAIT,
+    ModelOutputSerializer,
+    error_responses,
+)
+from api.selectors import batch_describe, batch_get, job_get, job_key_used, job_list, model_describe, model_list
+from api.serializers import BatchCreateSerializer, JobListFilterSerializer, JobOutputSerializer
+from api.services import batch_create, job_cancel, job_create, model_spec_get
+from api.throttling import SubmitRateThrottle
 from workers.store import ModelSpec, get_store
 
 
@@ -33,6 +53,20 @@ def job_response(job: Any, *, status_code: int = status.HTTP_200_OK) -> Response
     if status_code == status.HTTP_202_ACCEPTED:
         response["Location"] = f"/v1/jobs/{job.id}"
         response["Retry-After"] = "1"
+    return response
+
+
+def submit_response(job: Any, *, wait: float | None, replayed: bool = False) -> Response:
+    """200 with the job once it has ended (a cache hit, a replay, or `Prefer: wait` met), else 202."""
+    applied = False
+    if wait is not None:
+        job, applied = job_wait(job=job, timeout=wait)
+    response = job_response(job, status_code=status.HTTP_200_OK if job.is_final else status.HTTP_202_ACCEPTED)
+    response["Location"] = f"/v1/jobs/{job.id}"
+    if applied:
+        response["Preference-Applied"] = f"wait={wait:g}"
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
     return response
 
 
@@ -58,32 +92,49 @@ def read_model_input(request: Request, spec: ModelSpec) -> ModelInput:
 
 class JobCreateApi(APIView):
     parser_classes = [JSONParser, MultiPartParser, RawBytesParser]
+    throttle_classes = [SubmitRateThrottle]
 
     @extend_schema(
         operation_id="job_create",
         summary="Submit an input to a model",
-        parameters=[OpenApiParameter("version", str, description="model version (default: latest)")],
-        request={"image/*": bytes, "application/x-npy": bytes, "multipart/form-data": dict,
-                 "application/json": dict},
-        responses={202: JobOutputSerializer},
+        description="Answers `202` with the queued job, or `200` with the ended job: a result-cache hit (bytes "
+                    "this model version already answered, `cached: true`), a repeated `Idempotency-Key`, or "
+                    "`Prefer: wait=N` met. `Location` names the job either way.",
+        parameters=[MODEL, VERSION,
+                    OpenApiParameter("batch", str, description="file the job in this batch of yours"),
+                    PREFER, IDEMPOTENCY_KEY, *SUBMIT_HEADERS],
+        request=SUBMIT_REQUEST,
+        responses={200: JobOutputSerializer, 202: JobOutputSerializer,
+                   **error_responses(400, 401, 404, 409, 413, 415, 429, 503)},
     )
     def post(self, request: Request, model: str) -> Response:
         spec = model_spec_get(name=model, version=request.query_params.get("version"))
+        batch_id = request.query_params.get("batch")
+        batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
         model_input = read_model_input(request, spec)
-        job = job_create(owner=request.user, spec=spec, model_input=model_input,
-                         idempotency_key=request.headers.get("Idempotency-Key"))
-        return job_response(job, status_code=status.HTTP_202_ACCEPTED)
+        key = request.headers.get("Idempotency-Key") or None
+        replayed = key is not None and job_key_used(user=request.user, idempotency_key=key)
+        job = job_create(owner=request.user, spec=spec, model_input=model_input, batch=batch,
+                         idempotency_key=key)
+        return submit_response(job, wait=parse_prefer_wait(request.headers.get("Prefer")), replayed=replayed)
 
 
 class JobDetailApi(APIView):
-    @extend_schema(operation_id="job_get", summary="A job's status and result", responses=JobOutputSerializer)
+    @extend_schema(operation_id="job_get", summary="A job's status and result; `?wait=N` holds until it ends",
+                   parameters=[JOB_ID, WAIT],
+                   responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 429)})
     def get(self, request: Request, job_id: str) -> Response:
-        return job_response(job_get(user=request.user, job_id=job_id))
+        job = job_get(user=request.user, job_id=job_id)
+        wait = parse_query_wait(request.query_params.get("wait"))
+        if wait:
+            job, _ = job_wait(job=job, timeout=wait)
+        return job_response(job)
 
 
 class JobListApi(APIView):
     @extend_schema(operation_id="job_list", summary="The caller's jobs, newest first",
-                   parameters=[JobListFilterSerializer], responses=JobOutputSerializer(many=True))
+                   parameters=[JobListFilterSerializer, *PAGE_PARAMETERS],
+                   responses={200: JOB_PAGE, **error_responses(400, 401, 429)})
     def get(self, request: Request) -> Response:
         filters = JobListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -95,20 +146,44 @@ class JobListApi(APIView):
 
 class JobCancelApi(APIView):
     @extend_schema(operation_id="job_cancel", summary="Cancel a job that has not finished", request=None,
-                   responses=JobOutputSerializer)
+                   description="A queued job is never run (its message is skipped); a running job's result is "
+                               "discarded. An ended job is returned unchanged.",
+                   parameters=[JOB_ID], responses={200: JobOutputSerializer, **error_responses(401, 404, 429)})
     def post(self, request: Request, job_id: str) -> Response:
         job = job_get(user=request.user, job_id=job_id)
         return job_response(job_cancel(job=job))
 
 
+class BatchCreateApi(APIView):
+    @extend_schema(operation_id="batch_create", summary="Open a batch to group jobs (`?batch=` on submit)",
+                   request=BatchCreateSerializer, responses={201: dict})
+    def post(self, request: Request) -> Response:
+        data = BatchCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = data.validated_data["model"]
+        if model:
+            model_spec_get(name=model)
+        batch = batch_create(owner=request.user, name=data.validated_data["name"], model_name=model)
+        return Response(batch_describe(batch=batch), status=status.HTTP_201_CREATED,
+                        headers={"Location": f"/v1/batches/{batch.id}"})
+
+
+class BatchDetailApi(APIView):
+    @extend_schema(operation_id="batch_get", summary="A batch with its jobs counted by status", responses=dict)
+    def get(self, request: Request, batch_id: str) -> Response:
+        return Response(batch_describe(batch=batch_get(user=request.user, batch_id=batch_id)))
+
+
 class ModelListApi(APIView):
-    @extend_schema(operation_id="model_list", summary="Models being served")
+    @extend_schema(operation_id="model_list", summary="Models being served",
+                   responses={200: MODEL_LIST, **error_responses(401, 429)})
     def get(self, request: Request) -> Response:
         return Response({"models": model_list()})
 
 
 class ModelDetailApi(APIView):
-    @extend_schema(operation_id="model_get", summary="One model: input spec, versions, workers, queue depth")
+    @extend_schema(operation_id="model_get", summary="One model: input spec, versions, workers, queue depth",
+                   parameters=[MODEL], responses={200: ModelOutputSerializer, **error_responses(401, 404, 429)})
     def get(self, request: Request, model: str) -> Response:
         return Response(model_describe(model_spec_get(name=model)))
 
@@ -117,7 +192,8 @@ class HealthzApi(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(operation_id="healthz", summary="Liveness: the web process answers")
+    @extend_schema(operation_id="healthz", summary="Liveness: the web process answers", auth=[],
+                   responses={200: HEALTH})
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
 
@@ -126,7 +202,8 @@ class ReadyzApi(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(operation_id="readyz", summary="Readiness: database, broker, and a worker for each model")
+    @extend_schema(operation_id="readyz", summary="Readiness: database, broker, and a worker for each model",
+                   auth=[], responses={200: READY, 503: NOT_READY})
     def get(self, request: Request) -> Response:
         checks: dict[str, Any] = {}
         try:

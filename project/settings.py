@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's assets served from here, not a CDN
     "api",
 ]
 
@@ -64,7 +65,8 @@ MIDDLEWARE = [
     "api.middleware.JsonErrorMiddleware",
 ]
 
-ROOT_URLCONF = "project.urls"
+# `make bench` swaps in bench.urls (the API plus a trivial view) to compare against a bare Django view.
+ROOT_URLCONF = os.environ.get("INFERQ_URLCONF", "project.urls")
 WSGI_APPLICATION = "project.wsgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -102,6 +104,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Keep connections: opening one (and running the PRAGMAs) per request costs more than the query.
+            "CONN_MAX_AGE": 600,
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 
@@ -113,7 +118,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "api.redis_cache.PooledRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "inferq",
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
@@ -144,11 +149,20 @@ INFERQ_MAX_ATTEMPTS = env_int("INFERQ_MAX_ATTEMPTS", 3)
 # Seconds a worker owns a running job without renewing it; after that the job counts as orphaned
 # (its worker died) and is claimed again. Workers renew every third of it.
 INFERQ_LEASE_SECONDS = env_int("INFERQ_LEASE_SECONDS", 30)
+# A queued job whose message is neither in its queue nor recently reserved by a worker this many seconds
+# after it was published lost that message; the sweeper publishes it again (api/recovery.py).
+INFERQ_LOST_MESSAGE_SECONDS = env_int("INFERQ_LOST_MESSAGE_SECONDS", 60)
+# Dynamic batching: a worker runs queued jobs of one model as one forward pass (manifest batch_size,
+# batch_delay_ms). Off: one job per forward pass.
+INFERQ_BATCHING = env_bool("INFERQ_BATCHING", True)
 # Seconds a worker heartbeat stays valid; /readyz and /v1/models count workers seen within it.
 INFERQ_HEARTBEAT_TTL = env_int("INFERQ_HEARTBEAT_TTL", 30)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
+# Uploads stay in memory (bodies are capped above), so no request ever leaves a temporary file behind.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#file-upload-handlers
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
 
 # ---------------------------------------------------------------------------
 # Django REST framework
@@ -166,6 +180,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Per-token limits counted in the shared cache (Redis); rates are INFERQ_THROTTLE_* below.
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiRateThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -174,6 +190,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit inputs to PyTorch models, then poll (or wait) for results.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": True},
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # ---------------------------------------------------------------------------
@@ -185,8 +205,16 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Behind the TLS-terminating proxy of a deploy, the proxy redirects HTTP to HTTPS; set this when Django must.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
-SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+# HSTS is sent only on HTTPS requests (so `make run` over plain HTTP is unaffected): a year, subdomains included.
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a submission to the browsers' list, an operator's decision rather than a default.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+# Checks that do not apply as configured: the redirect is the proxy's job, preloading is opted into.
+SILENCED_SYSTEM_CHECKS = [check for check, applies in (("security.W008", SECURE_SSL_REDIRECT),
+                                                       ("security.W021", SECURE_HSTS_PRELOAD)) if not applies]
 if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -224,3 +252,34 @@ LOGGING = {
 INFERQ_MAX_QUEUED = env_int("INFERQ_MAX_QUEUED", 10_000)
 # Keep job inputs after the job ends (off: inputs are deleted when a job finishes).
 INFERQ_KEEP_INPUTS = env_bool("INFERQ_KEEP_INPUTS", False)
+
+# ---------------------------------------------------------------------------
+# API features: waiting, result cache, throttling, metrics, retention, TorchServe/KServe compatibility
+# ---------------------------------------------------------------------------
+
+# uWSGI threads per web process (uwsgi.ini reads the same variable). A waiting request (Prefer: wait,
+# ?wait=, the synchronous TorchServe/KServe calls) holds one; waiters may hold all but two of them,
+# so submissions always find a thread. Beyond that a wait answers at once (sync calls answer 503).
+INFERQ_WEB_THREADS = env_int("INFERQ_WEB_THREADS", 8)
+INFERQ_WAIT_SLOTS = env_int("INFERQ_WAIT_SLOTS", max(1, INFERQ_WEB_THREADS - 2))
+# Answer an input byte-identical to one the same model version already answered from that result;
+# SHARED: across users (off: only the caller's own earlier jobs count).
+INFERQ_RESULT_CACHE = env_bool("INFERQ_RESULT_CACHE", True)
+INFERQ_RESULT_CACHE_SHARED = env_bool("INFERQ_RESULT_CACHE_SHARED", True)
+# Requests per token, as DRF rates ("6000/min"; empty or 0 turns a limit off), counted in the default cache.
+# https://www.django-rest-framework.org/api-guide/throttling/
+INFERQ_THROTTLE_RATES = {
+    "submit": os.environ.get("INFERQ_THROTTLE_SUBMIT", "6000/min"),
+    "api": os.environ.get("INFERQ_THROTTLE_API", "30000/min"),
+}
+# /metrics is open unless this is set; then scrapers send `Authorization: Bearer <token>`.
+INFERQ_METRICS_TOKEN = os.environ.get("INFERQ_METRICS_TOKEN", "")
+# Finished jobs (and their results) older than this many days are deleted by beat (0: keep forever).
+INFERQ_RESULT_RETENTION_DAYS = env_int("INFERQ_RESULT_RETENTION_DAYS", 30)
+# TorchServe (/predictions) and KServe v2 (/v2) calls without a token run as one shared user when on.
+INFERQ_COMPAT_ALLOW_ANONYMOUS = env_bool("INFERQ_COMPAT_ALLOW_ANONYMOUS", False)
+INFERQ_COMPAT_ANONYMOUS_USERNAME = os.environ.get("INFERQ_COMPAT_ANONYMOUS_USERNAME", "compat-anonymous")
+# Seconds a synchronous TorchServe/KServe call waits for its job(s) before answering 504 (at most 60).
+INFERQ_COMPAT_TIMEOUT = env_int("INFERQ_COMPAT_TIMEOUT", 60)
+# Most samples one KServe v2 request may carry (each becomes a job).
+INFERQ_COMPAT_MAX_BATCH = env_int("INFERQ_COMPAT_MAX_BATCH", 64)

@@ -7,3 +7,8 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 application = get_wsgi_application()
+
+# Over-limit bodies are refused from their Content-Length before they are read (api/bodylimit.py).
+from api.bodylimit import BodyLimit  # noqa: E402  (needs the settings configured above)
+
+application = BodyLimit(application)

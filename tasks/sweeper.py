@@ -1,4 +1,4 @@
-"""`inferq.sweep`: periodic recovery of jobs whose worker was lost (run by beat)."""
+"""`inferq.sweep`: periodic recovery of jobs whose worker or message was lost (run by beat)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from celery import shared_task
 
 @shared_task(name="inferq.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
+    from api.recovery import job_republish_lost
     from api.services import job_requeue_orphans
 
-    return job_requeue_orphans()
+    counts = job_requeue_orphans()
+    counts.update(job_republish_lost())
+    return counts

@@ -21,7 +21,8 @@ _MAPPED: dict[tuple[str, str], dict[str, Any]] = {}
 
 def map_weights(spec: ModelSpec) -> None:
     """Map a state dict into memory without running any op (safe in the forking parent)."""
-    if spec.format == "state_dict" and (spec.name, spec.version) not in _MAPPED:
+    # A handler without weights (the echo test double) has nothing to map.
+    if spec.format == "state_dict" and spec.weights and (spec.name, spec.version) not in _MAPPED:
         _MAPPED[(spec.name, spec.version)] = torch.load(spec.weights_path, mmap=True, weights_only=True,
                                                         map_location="cpu")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 
 from api.models import Job
 from api.services import job_claim_queued, job_fail, job_start, job_succeed
@@ -53,7 +54,7 @@ def run_job(job_id: str) -> None:
     with lease.holding([job.id]):
         # A job retried after its worker died runs alone: if its input is what kills workers,
         # it must not take innocent batch mates down with it again.
-        if job.attempts == 1:
+        if job.attempts == 1 and settings.INFERQ_BATCHING:
             jobs += gather_batch(job, worker)
         with lease.holding([j.id for j in jobs]):
             run_claimed(jobs)

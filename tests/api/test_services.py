@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from api.models import Job, JobStatus
-from api.services import job_cancel, job_fail, job_start, job_succeed
+from api.services import job_cancel, job_fail, job_requeue_orphans, job_start, job_succeed
 
 pytestmark = pytest.mark.django_db
 
@@ -52,6 +54,20 @@ def test_canceled_job_is_not_started(make_job: Any) -> None:
     assert job_start(job_id=job.id, worker="w1") is None
 
 
+def lose_worker(job: Job) -> None:
+    """The job's worker died: it stops renewing, and the lease runs out."""
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_a_running_job_with_a_live_worker_is_not_claimed_twice(make_job: Any) -> None:
+    job = make_job()
+    assert job_start(job_id=job.id, worker="w1") is not None
+
+    assert job_start(job_id=job.id, worker="w2") is None
+    job.refresh_from_db()
+    assert (job.status, job.worker, job.attempts) == (JobStatus.RUNNING, "w1", 1)
+
+
 def test_redelivery_after_max_attempts_fails_with_worker_lost(make_job: Any, settings: Any,
                                                               django_capture_on_commit_callbacks: Any) -> None:
     settings.INFERQ_MAX_ATTEMPTS = 3
@@ -61,7 +77,8 @@ def test_redelivery_after_max_attempts_fails_with_worker_lost(make_job: Any, set
     for attempt in (1, 2, 3):
         claimed = job_start(job_id=job.id, worker=f"w{attempt}")
         assert claimed is not None
-        assert claimed.attempts == attempt
+        assert (claimed.attempts, claimed.worker) == (attempt, f"w{attempt}")
+        lose_worker(job)
 
     with django_capture_on_commit_callbacks(execute=True):
         assert job_start(job_id=job.id, worker="w4") is None
@@ -74,6 +91,23 @@ def test_redelivery_after_max_attempts_fails_with_worker_lost(make_job: Any, set
     assert not input_exists(job)
     # The failure is final: yet another delivery changes nothing.
     assert job_start(job_id=job.id, worker="w5") is None
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 3)
+
+
+def test_sweeper_failing_a_job_out_of_attempts_discards_its_input(make_job: Any, settings: Any,
+                                                                  django_capture_on_commit_callbacks: Any) -> None:
+    settings.INFERQ_MAX_ATTEMPTS = 1
+    job = make_job()
+    assert job_start(job_id=job.id, worker="w1") is not None
+    lose_worker(job)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_requeue_orphans() == {"requeued": 0, "worker_lost": 1}
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "worker_lost")
+    assert not input_exists(job)
 
 
 def test_job_succeed_writes_the_result_once(make_job: Any) -> None:

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
-from PIL import Image
 
+from bench.images import photo
 from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
-
-
-def photo(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
-    """A synthetic 640x480 JPEG: smooth gradients plus noise, so the classifier's output varies."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 1, size[0])[None, :, None]
-    y = np.linspace(0, 1, size[1])[:, None, None]
-    base = (np.sin(x * rng.uniform(2, 9) + y * rng.uniform(2, 9) + rng.uniform(0, 6, 3)) + 1) * 110
-    pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def local_handler(store: Path, name: str) -> Any:

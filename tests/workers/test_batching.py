@@ -14,8 +14,7 @@ from django.utils import timezone
 
 from api.inputs import ModelInput
 from api.models import Job, JobStatus
-from api.services import job_claim_queued, job_create, job_leases_renew, job_requeue_orphans, job_start
-from api.services import model_spec_get
+from api.services import job_claim_queued, job_create, job_leases_renew, job_requeue_orphans, job_start, model_spec_get
 from tests.api.helpers import broker_messages
 from workers import runner
 

@@ -1,0 +1,163 @@
+"""Remote submission: the same run over HTTP (`--api URL --token TOKEN`), a bounded number of requests in flight.
+
+Each input is POSTed as raw bytes with `?batch=` and an `Idempotency-Key`, so a request retried
+after a timeout, or resubmitted by `--resume`, gets the job it already has instead of a twin.
+429 and 503 answers are retried after their `Retry-After`; other 4xx answers are the input's error.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests  # type: ignore[import-untyped]  # no stubs installed
+
+from api.bulk import BulkAbort, BulkError, ModelInfo, idempotency_key
+from api.bulk_local import content_type_of
+from api.bulk_results import FINAL, Record, error_record, record_from_job
+
+NET_TRIES = 5
+TIMEOUT = (5.0, 60.0)  # connect, read (s)
+GONE = "gone"
+
+
+def retry_after(response: requests.Response, default: float = 1.0) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", default)), 0.1), 30.0)
+    except ValueError:
+        return default
+
+
+def api_error(response: requests.Response) -> tuple[str, str]:
+    """(code, message) from the API's one error shape, or from the status line when the body is not it."""
+    try:
+        error = response.json()["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{response.status_code}", f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+class RemoteSubmitter:
+    """POSTs files to `{api}/v1/models/{model}/jobs`; polls `GET /v1/jobs/{id}` oldest first."""
+
+    def __init__(self, *, api: str, token: str, model: str, version: str | None, concurrency: int,
+                 stop: threading.Event) -> None:
+        self.base = api.rstrip("/")
+        self.token, self.model, self.version = token, model, version
+        self.concurrency = max(1, concurrency)
+        self.stop = stop
+        self.batch_id = ""
+        self._local = threading.local()
+        self._poll_pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk-poll")
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["Authorization"] = f"Token {self.token}"
+        return session
+
+    def _call(self, method: str, path: str, *, retry_overload: bool = True, **kwargs: Any) -> requests.Response | None:
+        """One API call, retried through network errors, 429 and 503; None when the run stops meanwhile."""
+        tries = 0
+        while True:
+            try:
+                response = self._session().request(method, self.base + path, timeout=TIMEOUT, **kwargs)
+            except requests.RequestException as exc:
+                tries += 1
+                if tries >= NET_TRIES:
+                    raise BulkAbort(f"{self.base} is unreachable ({exc.__class__.__name__}, {tries} tries)") from exc
+                if self.stop.wait(min(2.0**tries, 10.0)):
+                    return None
+                continue
+            if retry_overload and response.status_code in (429, 503):
+                if self.stop.wait(retry_after(response)):
+                    return None
+                continue
+            if response.status_code in (401, 403):
+                raise BulkAbort("The API refused the token: " + api_error(response)[1])
+            return response
+
+    def model_info(self) -> ModelInfo:
+        try:
+            response = self._call("GET", f"/v1/models/{self.model}")
+        except BulkAbort as exc:
+            raise BulkError(str(exc)) from exc
+        if response is None or response.status_code != 200:
+            raise BulkError(api_error(response)[1] if response is not None else "stopped")
+        body = response.json()
+        return ModelInfo(body["name"], self.version or str(body["version"]), int(body.get("top_k") or 5))
+
+    def open_batch(self, *, batch_id: str, name: str) -> str:
+        if batch_id:
+            response = self._call("GET", f"/v1/batches/{batch_id}")
+            if response is not None and response.status_code == 200:
+                self.batch_id = batch_id
+                return batch_id
+        response = self._call("POST", "/v1/batches", json={"name": name[:200], "model": self.model})
+        if response is None or response.status_code != 201:
+            reason = api_error(response)[1] if response is not None else "stopped"
+            raise BulkError(f"Could not open a batch: {reason}")
+        self.batch_id = str(response.json()["id"])
+        return self.batch_id
+
+    def load(self, path: str) -> Record | None:
+        """Read one file and POST it (runs in a pool thread); None when stopped before it was accepted."""
+        if self.stop.is_set():
+            return None
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            return error_record(path, "unreadable", f"Cannot read the file: {exc.strerror or exc}.")
+        params = {"batch": self.batch_id, **({"version": self.version} if self.version else {})}
+        headers = {"Content-Type": content_type_of(path), "Idempotency-Key": idempotency_key(self.batch_id, path)}
+        response = self._call("POST", f"/v1/models/{self.model}/jobs", params=params, data=data, headers=headers)
+        if response is None:
+            return None
+        if response.status_code in (200, 201, 202):
+            return record_from_job(path, response.json())
+        code, message = api_error(response)
+        if response.status_code >= 500:
+            code = "server_error"
+        return error_record(path, code, message)
+
+    def commit(self, loaded: Record | None, *, stopping: bool) -> Record | None:
+        return loaded  # the POST already happened in the pool thread
+
+    def _job(self, job_id: str) -> dict[str, Any] | str | None:
+        try:
+            response = self._session().get(f"{self.base}/v1/jobs/{job_id}", timeout=TIMEOUT)
+        except requests.RequestException:
+            return None
+        if response.status_code == 404:
+            return GONE
+        return response.json() if response.status_code == 200 else None
+
+    def poll(self, pending: dict[str, str]) -> list[Record]:
+        """Ended jobs among `pending` (id -> path, oldest first), fetched a chunk at a time.
+
+        Workers take jobs roughly in order, so the walk stops at the first chunk where every job
+        is still queued: a tick costs about one request per job that ended plus one chunk.
+        """
+        ids = list(pending)
+        ended: list[Record] = []
+        for start in range(0, len(ids), self.concurrency):
+            chunk = ids[start:start + self.concurrency]
+            moving = False
+            for job_id, job in zip(chunk, self._poll_pool.map(self._job, chunk), strict=True):
+                if job == GONE:
+                    ended.append(error_record(pending[job_id], "not_found", f"Job {job_id} no longer exists.",
+                                              job_id=job_id))
+                    moving = True
+                elif isinstance(job, dict):
+                    if job.get("status") in FINAL:
+                        ended.append(record_from_job(pending[job_id], job))
+                    moving = moving or job.get("status") != "queued"
+            if not moving:
+                break
+        return ended
+
+    def close(self) -> None:
+        self._poll_pool.shutdown(wait=False, cancel_futures=True)

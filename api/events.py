@@ -1,0 +1,185 @@
+"""Job-ended events over Redis pub/sub: published on every final transition, awaited without polling.
+
+A waiting request subscribes to `inferq:job:<id>` *before* it re-reads the row, so an event
+published between its first read and its subscription cannot be lost; it then blocks on the
+pub/sub socket (no CPU, no database polling) until an event arrives or its time is up.
+Waiting holds a web thread, so each web process lends at most INFERQ_WAIT_SLOTS threads to
+waiters; beyond that a request answers at once with the job as it is, and submissions always
+find a free thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from api.exceptions import InvalidInput
+from api.metrics import metrics_record_finished
+from api.models import Job
+from api.redis_client import get_redis
+
+logger = logging.getLogger("inferq.jobs")
+
+CHANNEL_PREFIX = "inferq:job:"
+MAX_WAIT_S = 60.0
+
+_slots_lock = threading.Lock()
+_slots: dict[str, Any] = {"semaphore": None, "size": 0}
+
+
+def job_channel(job_id: Any) -> str:
+    return f"{CHANNEL_PREFIX}{job_id}"
+
+
+def job_event_publish(job: Job) -> None:
+    """Announce that `job` ended and count it for /metrics; a Redis error is logged, never raised."""
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        metrics_record_finished(pipe, job)
+        pipe.publish(job_channel(job.id), str(job.status))
+        pipe.execute()
+    except RedisError as exc:
+        logger.warning("could not publish the end of job %s: %s", job.id, exc,
+                       extra={"job_id": str(job.id), "model": job.model_name, "status": str(job.status)})
+
+
+def job_event_publish_on_commit(job: Job) -> None:
+    """Publish once the row that says the job ended is committed (at once outside a transaction)."""
+    transaction.on_commit(lambda: job_event_publish(job))
+
+
+def _semaphore() -> threading.BoundedSemaphore:
+    size = max(0, int(settings.INFERQ_WAIT_SLOTS))
+    with _slots_lock:
+        if _slots["semaphore"] is None or _slots["size"] != size:
+            _slots["semaphore"] = threading.BoundedSemaphore(max(1, size))
+            _slots["size"] = size
+        return _slots["semaphore"]
+
+
+@contextmanager
+def wait_slot() -> Iterator[bool]:
+    """Yield True holding one of this process's wait slots, or False when all are taken."""
+    if int(settings.INFERQ_WAIT_SLOTS) <= 0:
+        yield False
+        return
+    semaphore = _semaphore()
+    acquired = semaphore.acquire(blocking=False)
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            semaphore.release()
+
+
+def clamp_wait(seconds: float) -> float:
+    return max(0.0, min(float(seconds), MAX_WAIT_S))
+
+
+def _refresh(jobs: list[Job]) -> list[Job]:
+    fresh = {job.id: job for job in Job.objects.filter(id__in=[j.id for j in jobs])}
+    return [fresh.get(job.id, job) for job in jobs]
+
+
+def _await_subscriptions(pubsub: Any, count: int, deadline: float) -> None:
+    """Block until Redis confirms every SUBSCRIBE: only then can no PUBLISH slip past us."""
+    confirmed = 0
+    while confirmed < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        message = pubsub.get_message(timeout=remaining)
+        if message is not None and message.get("type") == "subscribe":
+            confirmed += 1
+
+
+def jobs_wait_held(*, jobs: list[Job], timeout: float) -> list[Job]:
+    """Block (caller holds a wait slot) until every job has ended or `timeout` seconds pass.
+
+    Returns the jobs as last read: after a timeout, the states seen at the last event.
+    """
+    timeout = clamp_wait(timeout)
+    if timeout <= 0 or all(job.is_final for job in jobs):
+        return jobs
+    deadline = time.monotonic() + timeout
+    pending = [job for job in jobs if not job.is_final]
+    by_id = {str(job.id): job for job in jobs}
+    pubsub = get_redis().pubsub()
+    try:
+        pubsub.subscribe(*[job_channel(job.id) for job in pending])
+        _await_subscriptions(pubsub, len(pending), deadline)
+        for job in _refresh(pending):
+            by_id[str(job.id)] = job
+        while not all(job.is_final for job in by_id.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+            job_id = channel.removeprefix(CHANNEL_PREFIX)
+            if job_id in by_id:
+                by_id[job_id] = _refresh([by_id[job_id]])[0]
+    except RedisError as exc:
+        # No events without Redis: answer with the rows as they are now.
+        logger.warning("waiting on jobs without Redis: %s", exc)
+        for job in _refresh(list(by_id.values())):
+            by_id[str(job.id)] = job
+    finally:
+        try:
+            pubsub.close()
+        except RedisError:
+            pass
+    return [by_id[str(job.id)] for job in jobs]
+
+
+def job_wait(*, job: Job, timeout: float) -> tuple[Job, bool]:
+    """Wait for one job to end, at most `timeout` (≤ 60) seconds, if a wait slot is free.
+
+    Returns the job and whether the wait was honoured (False when no wait slot was free).
+    """
+    if job.is_final:
+        return job, True
+    if clamp_wait(timeout) <= 0:
+        return job, False
+    with wait_slot() as held:
+        if not held:
+            return job, False
+        return jobs_wait_held(jobs=[job], timeout=timeout)[0], True
+
+
+def parse_prefer_wait(header: str | None) -> float | None:
+    """`Prefer: wait=N` (RFC 7240) as seconds capped at 60; None when absent or malformed (ignorable)."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return None
+            return clamp_wait(seconds) if seconds == seconds else None  # NaN is not a number of seconds
+    return None
+
+
+def parse_query_wait(value: str | None) -> float | None:
+    """`?wait=N` as seconds capped at 60; a malformed value is the caller's mistake (400)."""
+    if value in (None, ""):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if seconds != seconds or seconds < 0:
+        raise InvalidInput("wait must be a number of seconds between 0 and 60.", code="invalid_request")
+    return clamp_wait(seconds)

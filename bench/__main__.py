@@ -1,0 +1,195 @@
+"""`make bench` / `make bench-quick`: every figure measured side by side in one run, printed as ratios.
+
+(a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores
+(b) InferQ end to end over HTTP on the same images and model file;      target (b)/(a) >= 0.95
+(c) one process per job (fork, load the model file, one thread);          target InferQ/(c) >= 3.5x
+(d) dynamic batching on / off
+(e) one client on the digits model, submit with `Prefer: wait`: overhead over the in-process call
+(f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI
+(g) memory: PSS of the worker pool serving the big model, 2 processes / 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import memory
+from bench.client import Client, rate, run_jobs
+from bench.images import photos
+from bench.stack import stack, start_worker, wait_online
+from tests.integration.conftest import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+CORES = len(os.sched_getaffinity(0))
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_store(root: Path, main: str, big: str) -> None:
+    from workers.export import export_digits, export_torchvision
+    from workers.store import ModelStore
+
+    store = ModelStore(root)
+    for arch in {main, big}:
+        if not store.versions(arch):
+            log(f"exporting {arch} (random weights) into {root}")
+            export_torchvision(store, arch, name=arch, version="1")
+    if not store.versions("digits"):
+        export_digits(store, version="1")
+
+
+def subprocess_json(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def restart_worker(svc: Service, *, models: list[str], concurrency: int, threads: int | None = None,
+                   **env: str) -> None:
+    svc.stop("worker")
+    svc.env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_BATCHING": "1", **env})
+    svc.env.pop("INFERQ_THREADS", None)
+    if threads:
+        svc.env["INFERQ_THREADS"] = str(threads)
+    start_worker(svc, concurrency)
+    wait_online(svc, models)
+
+
+def throughput(svc: Service, model: str, images: list[bytes], concurrency: int) -> float:
+    items = [(img, "image/jpeg") for img in images]
+    run_jobs(svc.base, svc.token, model, items[: max(2, concurrency)], concurrency)  # warm-up
+    elapsed, jobs = run_jobs(svc.base, svc.token, model, items, concurrency)
+    failed = [j for j in jobs if j["status"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
+    return len(items) / elapsed
+
+
+def latency(svc: Service, count: int) -> list[float]:
+    from workers.digits import holdout_pngs
+
+    pngs = [png for png, _ in holdout_pngs()]
+    client = Client(svc.base, svc.token)
+    times = []
+    for i in range(count + 10):
+        started = time.perf_counter()
+        job = client.submit("digits", pngs[i % len(pngs)], "image/png", wait=10)
+        job = client.result(job)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        assert job["status"] == "succeeded", job
+        if i >= 10:
+            times.append(elapsed)
+    return times
+
+
+def pss(svc: Service) -> tuple[float, int]:
+    return memory.tree_pss_mib(svc.procs["worker"].pid)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny inputs, every part, under a minute")
+    args = parser.parse_args()
+    quick = args.quick
+    main_model, big_model = ("mobilenet_v3_small", "resnet18") if quick else ("resnet50", "resnet152")
+    n_main, n_big, n_base = (8, 4, 2) if quick else (96, 24, 8)
+    api_seconds = 1.0 if quick else 5.0
+    size = (160, 120) if quick else (640, 480)
+    store = ROOT / "var" / "bench" / "store"
+    ensure_store(store, main_model, big_model)
+    images = photos(n_main, size)
+    rows: list[tuple[str, str, str, str]] = []
+
+    log(f"(a) in-process limit, {main_model}")
+    limit = subprocess_json("bench.limit", str(store), main_model, "--images", str(n_main),
+                            "--batch-sizes", "1,4,8" if not quick else "1,4")
+    best_bs, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
+    digits_inproc = subprocess_json("bench.limit", str(store), "digits", "--images", "64", "--batch-sizes", "1",
+                                    "--latency", "200")["latency_ms"]["p50"]
+
+    log(f"(c) one process per job, {big_model}")
+    base_rate = subprocess_json("bench.baseline", str(store), big_model, "--images", str(n_base))["images_per_s"]
+
+    results: dict[str, Any] = {}
+    with stack(store, ROOT / "var" / "bench" / "run", models=[main_model], concurrency=1) as svc:
+        concurrency = int(svc.env.get("INFERQ_WORKER_CONCURRENCY", "1"))
+        log(f"(b) InferQ end to end, {main_model}")
+        results["b"] = throughput(svc, main_model, images, 16)
+        log("(d) batching off")
+        restart_worker(svc, models=[main_model], concurrency=concurrency, INFERQ_BATCHING="0")
+        results["d_off"] = throughput(svc, main_model, images, 16)
+
+        log("(e) latency, digits, one client")
+        restart_worker(svc, models=["digits"], concurrency=concurrency)
+        results["e"] = latency(svc, 40 if quick else 300)
+
+        log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
+        big_images = photos(n_big, size)
+        restart_worker(svc, models=[big_model], concurrency=1)
+        results["big_1"] = throughput(svc, big_model, big_images, 8)
+        results["pss_1"] = pss(svc)
+        restart_worker(svc, models=[big_model], concurrency=2)
+        results["big_2"] = throughput(svc, big_model, big_images, 8)
+        results["pss_2"] = pss(svc)
+
+        log("(f) the API alone (no worker)")
+        svc.stop("worker")
+        from workers.digits import holdout_pngs
+
+        png = holdout_pngs(1)[0][0]
+        client = Client(svc.base, svc.token)
+        job_id = client.submit("digits", png, "image/png")["id"]
+        trivial, _ = rate(svc.base, svc.token, lambda: ("GET", "/_bench/trivial", None, {}), api_seconds)
+        submit, submit_errors = rate(
+            svc.base, svc.token,
+            lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}), api_seconds)
+        poll, _ = rate(svc.base, svc.token, lambda: ("GET", f"/v1/jobs/{job_id}", None, {}), api_seconds)
+
+    big_best = max(results["big_1"], results["big_2"])
+    overhead = [t - digits_inproc for t in results["e"]]
+    p50, p99 = statistics.median(overhead), percentile(overhead, 99)
+    rows += [
+        ("(a) limit: in-process loop", f"{main_model}, batch {best_bs}, {limit['threads']} threads",
+         f"{limit_rate:.2f} img/s", ""),
+        ("(b) InferQ end to end (HTTP)", f"{main_model}, default config",
+         f"{results['b']:.2f} img/s", f"(b)/(a) = {results['b'] / limit_rate:.3f}  [target >= 0.95]"),
+        ("(c) one process per job", f"{big_model}, {CORES} at once, 1 thread",
+         f"{base_rate:.2f} img/s",
+         f"InferQ/(c) = {big_best / base_rate:.2f}x  [target >= 3.5x; 3.75x on 8 vCPU]"),
+        ("    InferQ on the big model", f"{big_model}, 1 proc / 2 procs",
+         f"{results['big_1']:.2f} / {results['big_2']:.2f} img/s", ""),
+        ("(d) batching on / off", f"{main_model}", f"{results['b']:.2f} / {results['d_off']:.2f} img/s",
+         f"on/off = {results['b'] / results['d_off']:.2f}x"),
+        ("(e) latency overhead, 1 client", f"digits, in-process {digits_inproc:.2f} ms",
+         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", "[targets p50 <= 5 ms, p99 <= 20 ms]"),
+        ("(f) submit vs trivial view", "uWSGI as configured", f"{submit:.0f} / {trivial:.0f} req/s",
+         f"{submit / trivial:.2f}  [target >= 0.25]" + (f" ({submit_errors} errors)" if submit_errors else "")),
+        ("    status poll vs trivial view", "", f"{poll:.0f} / {trivial:.0f} req/s",
+         f"{poll / trivial:.2f}  [target >= 0.5]"),
+        ("(g) worker pool PSS, 2 procs / 1", big_model,
+         f"{results['pss_2'][0]:.0f} / {results['pss_1'][0]:.0f} MiB",
+         f"{results['pss_2'][0] / results['pss_1'][0]:.3f}  [target <= 1.25]"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"\nInferQ benchmark ({'quick' if quick else 'full'}; {CORES} cores; ratios are measured side by side)")
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

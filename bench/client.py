@@ -1,0 +1,102 @@
+"""HTTP load from Python threads over keep-alive connections (http.client: little client-side CPU)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+FINAL = {"succeeded", "failed", "canceled"}
+
+
+class Client:
+    """One keep-alive connection; reconnects if the server closed it."""
+
+    def __init__(self, base: str, token: str) -> None:
+        parts = urlsplit(base)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.auth = {"Authorization": f"Token {token}"}
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=body, headers={**self.auth, **(headers or {})})
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def submit(self, model: str, data: bytes, content_type: str, wait: int = 0) -> dict[str, Any]:
+        headers = {"Content-Type": content_type}
+        if wait:
+            headers["Prefer"] = f"wait={wait}"
+        status, body = self.request("POST", f"/v1/models/{model}/jobs", data, headers)
+        if status not in (200, 202):
+            raise RuntimeError(f"submit answered {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    def result(self, job: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+        """Wait for a job to end: long-poll with ?wait= (sleeping between polls if the server returns early)."""
+        deadline = time.monotonic() + timeout
+        while job["status"] not in FINAL:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job['id']} still {job['status']}")
+            started = time.monotonic()
+            status, body = self.request("GET", f"/v1/jobs/{job['id']}?wait=30")
+            job = json.loads(body)
+            if job["status"] not in FINAL and time.monotonic() - started < 0.005:
+                time.sleep(0.01)
+        return job
+
+
+def run_jobs(base: str, token: str, model: str, items: list[tuple[bytes, str]],
+             concurrency: int = 16) -> tuple[float, list[dict[str, Any]]]:
+    """Submit every item and collect every result, `concurrency` jobs in flight; (seconds, jobs)."""
+    local = threading.local()
+
+    def one(item: tuple[bytes, str]) -> dict[str, Any]:
+        if not hasattr(local, "client"):
+            local.client = Client(base, token)
+        return local.client.result(local.client.submit(model, item[0], item[1]))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        jobs = list(pool.map(one, items))
+    return time.perf_counter() - started, jobs
+
+
+def rate(base: str, token: str, make_request: Callable[[], tuple[str, str, bytes | None, dict[str, str]]],
+         seconds: float, threads: int = 4) -> tuple[float, int]:
+    """Requests per second answered 2xx over `seconds`, from `threads` keep-alive clients; (rate, errors)."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def loop(i: int) -> None:
+        client = Client(base, token)
+        while time.perf_counter() < stop:
+            method, path, body, headers = make_request()
+            status, _ = client.request(method, path, body, headers)
+            if 200 <= status < 300:
+                counts[i] += 1
+            else:
+                errors[i] += 1
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started), sum(errors)

@@ -1,0 +1,64 @@
+"""The physical limit: decode + preprocess + forward in one in-process loop (run as a subprocess).
+
+`python -m bench.limit STORE MODEL --batch-sizes 1,4,8 --images N` prints JSON:
+images/s per batch size, and single-input latencies for `--latency N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.images import photos
+from workers.digits import holdout_pngs
+from workers.handlers import get_handler
+from workers.store import ModelStore
+
+
+def inputs_for(model: str, count: int) -> list[tuple[bytes, str]]:
+    if model == "digits":
+        pngs = holdout_pngs()
+        return [(pngs[i % len(pngs)][0], "image/png") for i in range(count)]
+    return [(img, "image/jpeg") for img in photos(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("store", type=Path)
+    parser.add_argument("model")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--latency", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    handler = get_handler(ModelStore(args.store).get(args.model))
+    handler.setup(torch.device("cpu"))
+    items = inputs_for(args.model, args.images)
+    out: dict[str, object] = {"threads": args.threads, "rates": {}}
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        handler.run_batch(items[:bs])  # warm this shape
+        started = time.perf_counter()
+        for i in range(0, len(items), bs):
+            handler.run_batch(items[i:i + bs])
+        out["rates"][bs] = len(items) / (time.perf_counter() - started)  # type: ignore[index]
+    if args.latency:
+        times = []
+        for i in range(args.latency):
+            data, content_type = items[i % len(items)]
+            started = time.perf_counter()
+            handler(data, content_type)
+            times.append((time.perf_counter() - started) * 1000)
+        out["latency_ms"] = {"p50": statistics.median(times), "mean": statistics.fmean(times)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

