@@ -61,7 +61,11 @@ def run_job(job_id: str) -> None:
 
 
 def gather_batch(job: Job, worker: str) -> list[Job]:
-    """More queued jobs for this model version: what is queued now, waiting up to batch_delay_ms to fill."""
+    """More queued jobs for this model version, up to batch_size - 1.
+
+    Takes what is queued now; only when that shows other jobs are arriving does it wait (at most
+    batch_delay_ms) for the batch to fill, so a lone job never pays the delay.
+    """
     try:
         spec = get_store().get(job.model_name, job.model_version)
     except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
@@ -73,9 +77,9 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
         extra += job_claim_queued(model_name=job.model_name, model_version=job.model_version, worker=worker,
                                   limit=wanted - len(extra))
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or len(extra) >= wanted:
+        if not extra or remaining <= 0 or len(extra) >= wanted:
             break
-        time.sleep(min(0.002, remaining))
+        time.sleep(min(0.001, remaining))
     return extra
 
 

@@ -162,3 +162,34 @@ def test_a_job_retried_after_a_lost_worker_runs_alone(echo_model: Path, make_job
     # ...and a requeued job is never taken into someone else's batch either.
     Job.objects.filter(id=bystander.id).update(attempts=1)
     assert job_claim_queued(model_name="echo", model_version="1", worker="w2", limit=8) == []
+
+
+def test_a_lone_job_does_not_wait_for_a_batch_to_fill(echo_model: Path, make_jobs: Any, monkeypatch: Any) -> None:
+    set_batching(echo_model, batch_size=8, delay_ms=60_000)
+    (job,) = make_jobs([b"alone"])
+    slept: list[float] = []
+    monkeypatch.setattr(runner.time, "sleep", slept.append)
+
+    runner.run_job(str(job.id))
+
+    assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
+    assert slept == []
+
+
+def test_a_partial_batch_waits_for_more_until_the_delay(echo_model: Path, make_jobs: Any, monkeypatch: Any) -> None:
+    set_batching(echo_model, batch_size=8, delay_ms=50)
+    first, second = make_jobs([b"one", b"two"])
+    late: list[Job] = []
+    calls: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        # While the leader waits, a third job arrives; it must join this batch.
+        calls.append(seconds)
+        if not late:
+            late.extend(make_jobs([b"three"]))
+
+    monkeypatch.setattr(runner.time, "sleep", fake_sleep)
+    runner.run_job(str(first.id))
+
+    assert calls, "the leader should have waited for more jobs"
+    assert {Job.objects.get(id=j.id).batch_size for j in [first, second, *late]} == {3}
