@@ -59,6 +59,9 @@ worker_hijack_root_logger = False
 # Modules a worker imports at start: the task adapters and the torch-side bootstrap.
 imports = ("tasks.inference", "tasks.sweeper", "tasks.maintenance", "workers.bootstrap")
 
+# Beat's file-backed scheduler, restarting with a fresh file if a kill left it cut short (tasks/beat.py):
+# without beat no sweeper runs, and lost jobs would stay lost.
+beat_scheduler = "tasks.beat:RecoveringScheduler"
 # Periodic housekeeping, run by `celery -A project beat` on the default queue.
 beat_schedule = {
     "sweep-orphaned-jobs": {

@@ -13,9 +13,9 @@ import hashlib
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,7 +86,6 @@ def discover(patterns: list[str]) -> list[str]:
 
 @dataclass
 class Plan:
-    options: dict[str, Any]
     inputs: list[str]
     out: ResultsFile
     wait: bool = True
@@ -144,7 +143,8 @@ class BulkRun:
         return self._summarize()
 
     def _submit_all(self, todo: list[str]) -> None:
-        window: deque[Future[Any]] = deque()
+        """Keep up to 2 x concurrency loads in flight; record each as it completes (no head-of-line wait)."""
+        window: set[Future[Any]] = set()
         paths = iter(todo)
         abort: BulkAbort | None = None
         pool = ThreadPoolExecutor(max_workers=max(1, self.plan.concurrency), thread_name_prefix="bulk")
@@ -154,19 +154,22 @@ class BulkRun:
                     path = next(paths, None)
                     if path is None:
                         break
-                    window.append(pool.submit(self.submitter.load, path))
+                    window.add(pool.submit(self.submitter.load, path))
                 if not window:
                     break
-                try:
-                    # Once stopping, loads in flight are drained: what was submitted is still recorded.
-                    record = self.submitter.commit(window.popleft().result(), stopping=self.stop.is_set())
-                except BulkAbort as exc:
-                    abort = abort or exc
-                    self.stop.set()
-                    continue
-                if record is not None:
-                    self._record(record, submitted=True)
-                if self.plan.wait and time.monotonic() - self.last_poll >= self.plan.poll_interval:
+                done, window = wait_futures(window, timeout=self.plan.poll_interval, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        # Once stopping, loads in flight are drained: what was submitted is still recorded.
+                        record = self.submitter.commit(future.result(), stopping=self.stop.is_set())
+                    except BulkAbort as exc:
+                        abort = abort or exc
+                        self.stop.set()
+                        continue
+                    if record is not None:
+                        self._record(record, submitted=True)
+                # While submitting, results are collected less often: the submissions come first.
+                if self.plan.wait and time.monotonic() - self.last_poll >= max(2.0, self.plan.poll_interval):
                     self._poll()
         finally:
             if window:  # a second Ctrl-C lands here with loads in flight: cancel them rather than wait

@@ -87,6 +87,9 @@ class RemoteSubmitter:
         if response is None or response.status_code != 200:
             raise BulkError(api_error(response)[1] if response is not None else "stopped")
         body = response.json()
+        if self.version and self.version not in [str(v) for v in body.get("versions") or [body["version"]]]:
+            raise BulkError(f"Model {self.model!r} has no version {self.version!r} "
+                            f"(has {', '.join(map(str, body.get('versions') or []))}).")
         return ModelInfo(body["name"], self.version or str(body["version"]), int(body.get("top_k") or 5))
 
     def open_batch(self, *, batch_id: str, name: str) -> str:

@@ -50,11 +50,16 @@ class Progress:
     def update(self, *, submitted: int, done: int, failed: int) -> None:
         before = self.count
         self.submitted, self.done, self.failed = submitted, done, failed
+        now = self.clock()
         if self._bar is not None:
             self._bar.set_postfix(submitted=submitted, failed=failed, refresh=False)
-            self._bar.update(self.count - before)
+            if self.count != before:
+                self._bar.update(self.count - before)
+                self.last_line = now
+            elif now - self.last_line >= 0.2:  # only the postfix moved (submitting): tqdm would not redraw
+                self._bar.refresh()
+                self.last_line = now
             return
-        now = self.clock()
         if now - self.last_line >= self.every:
             self.last_line = now
             self.stream.write(self.line() + "\n")

@@ -174,7 +174,7 @@ def parse_prefer_wait(header: str | None) -> float | None:
 
 def parse_query_wait(value: str | None) -> float | None:
     """`?wait=N` as seconds capped at 60; a malformed value is the caller's mistake (400)."""
-    if value in (None, ""):
+    if not value:
         return None
     try:
         seconds = float(value)

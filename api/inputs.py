@@ -104,10 +104,32 @@ def check_image(data: bytes) -> str:
 
 
 def _load_npy(data: bytes) -> np.ndarray:
+    check_npy_size(data)
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise InvalidInput(f"Body is not a valid .npy array ({exc}).", code="invalid_tensor") from exc
+
+
+def check_npy_size(data: bytes) -> None:
+    """The header's shape must match the bytes that follow it: numpy allocates what a header declares
+    before reading, so a few bytes claiming a terabyte would otherwise exhaust memory."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError) as exc:
         raise InvalidInput(f"Body is not a valid .npy array ({exc}).", code="invalid_tensor") from exc
+    declared = math.prod(shape) * dtype.itemsize
+    carried = len(data) - stream.tell()
+    if dtype.hasobject or declared != carried:
+        raise InvalidInput(f"The .npy header declares {declared} bytes of {dtype} data; the body carries {carried}.",
+                           code="invalid_tensor")
 
 
 def _tensor_from_json(body: dict[str, Any], spec: ModelSpec) -> ModelInput:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -36,6 +36,7 @@ from api.models import Job, JobStatus
 logger = logging.getLogger(__name__)
 
 MODELS_KEY = "inferq:metrics:models"
+FINISHED = ("succeeded", "failed", "canceled")
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...], str]] = {
@@ -120,13 +121,13 @@ class InferqCollector(Collector):
         yield jobs
         depth = GaugeMetricFamily("inferq_queue_depth", "Jobs queued for a worker, by model.", labels=["model"])
         for model in sorted(models):
-            depth.add_metric([model], counts.get((model, JobStatus.QUEUED.value), 0))
+            depth.add_metric([model], counts.get((model, str(JobStatus.QUEUED)), 0))
         yield depth
 
         redis_up = GaugeMetricFamily("inferq_redis_up", "1 when Redis answered this scrape, else 0.")
         try:
             client = get_redis()
-            models |= {m.decode() for m in client.smembers(MODELS_KEY)}
+            models |= {m.decode() for m in cast(set[bytes], client.smembers(MODELS_KEY))}
             ordered = sorted(models)
             pipe = client.pipeline(transaction=False)
             for model in ordered:
@@ -160,8 +161,8 @@ class InferqCollector(Collector):
                                        labels=["model", "status"])
         hits = CounterMetricFamily("inferq_cache_hits", "Jobs answered from the result cache.", labels=["model"])
         for model, fields in sorted(per_model.items()):
-            for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-                finished.add_metric([model, status.value], float(fields.get(f"jobs:{status.value}", 0)))
+            for status in FINISHED:
+                finished.add_metric([model, status], float(fields.get(f"jobs:{status}", 0)))
             hits.add_metric([model], float(fields.get("cache_hits", 0)))
         yield finished
         yield hits

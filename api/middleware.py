@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
@@ -41,6 +42,18 @@ class JsonErrorMiddleware:
             )
             response["Retry-After"] = "5"
             return response
+        if isinstance(exception, RequestDataTooBig):
+            return JsonResponse(error_body("too_large", "The request body is too large."), status=413)
+        if isinstance(exception, RecursionError):
+            # Input nested past the interpreter's limit (JSON parsed outside DRF's parsers): the client's doing.
+            logger.warning("input nested too deeply on %s %s", request.method, request.path, exc_info=exception)
+            return JsonResponse(error_body("bad_request", "The request is nested too deeply."), status=400)
+        if isinstance(exception, SuspiciousOperation | UnreadablePostError):
+            # Too many form fields or files, a body cut short: the client's fault, which Django itself
+            # would answer 400 had a view not raised it.
+            logger.warning("bad request on %s %s: %s", request.method, request.path, exception)
+            return JsonResponse(error_body("bad_request", "The request is malformed or exceeds a request limit."),
+                                status=400)
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return JsonResponse(error_body("internal_error", "Internal server error."), status=500)
 

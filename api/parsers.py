@@ -1,11 +1,12 @@
-"""A DRF parser that hands the raw body through as bytes, capped at the input size limit."""
+"""DRF parsers: the raw body as bytes (capped at the input size limit), and JSON that cannot crash the view."""
 
 from __future__ import annotations
 
 from typing import IO, Any
 
 from django.conf import settings
-from rest_framework.parsers import BaseParser
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser, JSONParser
 
 from api.exceptions import PayloadTooLarge
 
@@ -24,3 +25,14 @@ class RawBytesParser(BaseParser):
         if len(data) > limit:
             raise PayloadTooLarge(f"Input is larger than the {limit}-byte limit.")
         return data
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSON parser, except that a body nested past Python's recursion limit is a 400, not a 500."""
+
+    def parse(self, stream: IO[bytes] | None, media_type: str | None = None,
+              parser_context: dict[str, Any] | None = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - the body is nested too deeply.") from exc

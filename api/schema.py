@@ -166,3 +166,15 @@ def _job_page() -> Any:
 
 
 JOB_PAGE = _job_page()
+
+
+BATCH = inline_serializer("Batch", {
+    "id": serializers.UUIDField(),
+    "name": serializers.CharField(),
+    "model": serializers.CharField(),
+    "created_at": serializers.DateTimeField(),
+    "total": serializers.IntegerField(help_text="Jobs in the batch."),
+    "counts": serializers.DictField(child=serializers.IntegerField(), help_text="Jobs by status."),
+    "jobs": serializers.CharField(help_text="URL listing the batch's jobs."),
+})
+BATCH_ID = OpenApiParameter("batch_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The batch's id.")

@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from redis.exceptions import RedisError
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,9 +21,11 @@ from api.events import job_wait, parse_prefer_wait, parse_query_wait
 from api.exceptions import InvalidInput, PayloadTooLarge, error_body
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes, input_from_json
-from api.parsers import RawBytesParser
+from api.parsers import RawBytesParser, SafeJSONParser
 from api.redis_client import get_redis
 from api.schema import (
+    BATCH,
+    BATCH_ID,
     HEALTH,
     IDEMPOTENCY_KEY,
     JOB_ID,
@@ -91,7 +93,7 @@ def read_model_input(request: Request, spec: ModelSpec) -> ModelInput:
 
 
 class JobCreateApi(APIView):
-    parser_classes = [JSONParser, MultiPartParser, RawBytesParser]
+    parser_classes = [SafeJSONParser, MultiPartParser, RawBytesParser]
     throttle_classes = [SubmitRateThrottle]
 
     @extend_schema(
@@ -156,7 +158,8 @@ class JobCancelApi(APIView):
 
 class BatchCreateApi(APIView):
     @extend_schema(operation_id="batch_create", summary="Open a batch to group jobs (`?batch=` on submit)",
-                   request=BatchCreateSerializer, responses={201: dict})
+                   request=BatchCreateSerializer,
+                   responses={201: BATCH, **error_responses(400, 401, 404, 429)})
     def post(self, request: Request) -> Response:
         data = BatchCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -169,7 +172,8 @@ class BatchCreateApi(APIView):
 
 
 class BatchDetailApi(APIView):
-    @extend_schema(operation_id="batch_get", summary="A batch with its jobs counted by status", responses=dict)
+    @extend_schema(operation_id="batch_get", summary="A batch with its jobs counted by status",
+                   parameters=[BATCH_ID], responses={200: BATCH, **error_responses(401, 404, 429)})
     def get(self, request: Request, batch_id: str) -> Response:
         return Response(batch_describe(batch=batch_get(user=request.user, batch_id=batch_id)))
 

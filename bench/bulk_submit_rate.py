@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,11 +54,13 @@ def drain(api: str, token: str, model: str, timeout: float = 600) -> None:
 def api_rate(api: str, token: str, model: str, paths: list[Path], concurrency: int) -> float:
     """Plain `POST /v1/models/{model}/jobs`, raw bytes already in memory, `concurrency` keep-alive clients."""
     bodies = [p.read_bytes() for p in paths]
-    clients = [Client(api, token) for _ in range(concurrency)]
+    local = threading.local()
 
     def post(i: int) -> int:
-        status, _ = clients[i % concurrency].request("POST", f"/v1/models/{model}/jobs", bodies[i],
-                                                     {"Content-Type": "image/jpeg"})
+        if not hasattr(local, "client"):
+            local.client = Client(api, token)  # one keep-alive connection per thread
+        status, _ = local.client.request("POST", f"/v1/models/{model}/jobs", bodies[i],
+                                         {"Content-Type": "image/jpeg"})
         return status
 
     started = time.perf_counter()
@@ -92,27 +96,36 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--size", default="640x480", help="photo size, WIDTHxHEIGHT")
+    parser.add_argument("--rounds", type=int, default=3, help="each method this many times, interleaved; medians")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     seed = int(time.time() * 1000) % 10**9  # fresh bytes on every run: no result-cache hits
+    rates: dict[str, list[float]] = {"api": [], "remote": [], "local": [], "remote_total": [], "local_total": []}
     with tempfile.TemporaryDirectory(prefix="inferq-bulk-bench-") as tmp:
-        root = Path(tmp)
-        sets = {name: make_photos(root / name, args.count, seed + k * args.count, size)  # type: ignore[arg-type]
-                for k, name in enumerate(("api", "remote", "local"))}
-        drain(args.api, args.token, args.model)
-        api = api_rate(args.api, args.token, args.model, sets["api"], args.concurrency)
-        drain(args.api, args.token, args.model)
-        remote, remote_total = bulk_rate(root / "remote", args.model, root / "remote.csv", "--api", args.api,
-                                         "--token", args.token, "--concurrency", str(args.concurrency))
-        drain(args.api, args.token, args.model)
-        local, local_total = bulk_rate(root / "local", args.model, root / "local.csv",
-                                       "--concurrency", str(args.concurrency))
-    print(f"{args.count} photos {args.size} to {args.model}, concurrency {args.concurrency}")
-    print(f"plain API submits             {api:8.1f} inputs/s")
-    print(f"submit_bulk --no-wait remote  {remote:8.1f} inputs/s  ({remote / api:.2f}x API; "
-          f"{remote_total:.1f}/s counting process start-up)")
-    print(f"submit_bulk --no-wait local   {local:8.1f} inputs/s  ({local / api:.2f}x API; "
-          f"{local_total:.1f}/s counting process start-up)")
+        for r in range(args.rounds):
+            root = Path(tmp) / str(r)
+            sets = {name: make_photos(root / name, args.count, seed + (3 * r + k) * args.count, size)  # type: ignore[arg-type]
+                    for k, name in enumerate(("api", "remote", "local"))}
+            drain(args.api, args.token, args.model)
+            rates["api"].append(api_rate(args.api, args.token, args.model, sets["api"], args.concurrency))
+            drain(args.api, args.token, args.model)
+            remote, remote_total = bulk_rate(root / "remote", args.model, root / "remote.csv", "--api", args.api,
+                                             "--token", args.token, "--concurrency", str(args.concurrency))
+            drain(args.api, args.token, args.model)
+            local, local_total = bulk_rate(root / "local", args.model, root / "local.csv",
+                                           "--concurrency", str(args.concurrency))
+            for key, value in (("remote", remote), ("remote_total", remote_total), ("local", local),
+                               ("local_total", local_total)):
+                rates[key].append(value)
+            print(f"round {r + 1}: API {rates['api'][-1]:.1f}, remote {remote:.1f}, local {local:.1f} inputs/s",
+                  file=sys.stderr, flush=True)
+    med = {key: statistics.median(values) for key, values in rates.items()}
+    print(f"{args.count} photos {args.size} to {args.model}, concurrency {args.concurrency}, "
+          f"median of {args.rounds} rounds")
+    print(f"plain API submits             {med['api']:8.1f} inputs/s")
+    for mode in ("remote", "local"):
+        print(f"submit_bulk --no-wait {mode:<7} {med[mode]:8.1f} inputs/s  ({med[mode] / med['api']:.2f}x API; "
+              f"{med[mode + '_total']:.1f}/s counting process start-up)")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ from rest_framework.views import APIView
 
 from api.compat.auth import COMPAT_AUTHENTICATION
 from api.compat.sync import jobs_run_sync
-from api.compat.v2codec import (NUMPY_TO_V2, V2Output, V2Request, decompress, encode_infer_response,
-                                parse_infer_request)
+from api.compat.v2codec import NUMPY_TO_V2, V2Output, V2Request, decompress, encode_infer_response, parse_infer_request
 from api.exceptions import ApiError, InvalidInput, PayloadTooLarge
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes
@@ -219,9 +218,9 @@ class ServerLiveApi(PublicV2View):
 
 class ServerReadyApi(PublicV2View):
     @extend_schema(operation_id="v2_health_ready", summary="KServe v2: readiness (a worker for every model)",
-                   tags=TAGS, auth=[], responses={200: inline_serializer("V2Ready", {"ready": serializers.BooleanField()}),
-                                                  503: inline_serializer("V2NotReady",
-                                                                         {"ready": serializers.BooleanField()})})
+                   tags=TAGS, auth=[],
+                   responses={200: inline_serializer("V2Ready", {"ready": serializers.BooleanField()}),
+                              503: inline_serializer("V2NotReady", {"ready": serializers.BooleanField()})})
     def get(self, request: Request) -> Response:
         try:
             specs = get_store().latest()
@@ -267,7 +266,7 @@ class ModelVersionReadyApi(ModelReadyApi):
         return super().get(request, model, version)
 
 
-INFER_DOC = dict(
+INFER_DOC: dict[str, Any] = dict(
     tags=TAGS,
     description="JSON tensors (`{\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}`), or the binary "
                 "tensor extension (`Inference-Header-Content-Length`). Each sample becomes a job on the model's "

@@ -143,7 +143,7 @@ def _tensor(spec: Any, binary: memoryview, offset: int) -> tuple[V2Tensor, int]:
 
 def parse_infer_request(body: bytes, header_length: str | None) -> V2Request:
     """Parse a v2 infer request (JSON, or JSON header + binary tensors)."""
-    if header_length not in (None, ""):
+    if header_length:
         try:
             split = int(header_length)
         except ValueError as exc:
@@ -155,7 +155,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> V2Request:
         head, binary = body, memoryview(b"")
     try:
         payload = json.loads(head)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the interpreter's limit
         raise InvalidInput(f"The inference header is not JSON: {exc}.", code="invalid_json") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise InvalidInput('The request needs "inputs": [{"name", "shape", "datatype", "data"}].',

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connection
+from django.db import OperationalError, connection
 
 from api.events import job_channel
 from api.models import Job
@@ -37,8 +37,18 @@ def finish_when_subscribed(fake_redis: Any, job_id: Any, answer: Answer) -> thre
                 if dict(fake_redis.pubsub_numsub(channel)).get(channel.encode()):
                     break
                 time.sleep(0.01)
-            with _one_writer:  # SQLite's shared in-memory test database takes one writer at a time
-                end_job(Job.objects.get(id=job_id), answer)
+            # Let the waiter finish the read it does right after subscribing: SQLite's shared in-memory
+            # test database refuses (rather than queues) a write that overlaps a read on the same table.
+            time.sleep(0.05)
+            with _one_writer:
+                for attempt in range(50):
+                    try:
+                        end_job(Job.objects.get(id=job_id), answer)
+                        break
+                    except OperationalError:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.02)
         finally:
             connection.close()
 

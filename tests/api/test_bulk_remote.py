@@ -116,3 +116,25 @@ def test_polling_walks_oldest_first_and_stops_at_a_chunk_still_queued() -> None:
     remaining = {k: v for k, v in pending.items() if k not in {"j0", "j1", "j2"}}
     assert len(sub.poll(remaining)) == 17
     sub.close()
+
+
+def test_an_unknown_model_version_is_refused_before_any_input_is_sent() -> None:
+    from api.bulk import BulkError
+
+    api = ScriptedApi(lambda r: (200, {"name": "m", "version": "2", "versions": ["1", "2"], "top_k": 3}, {}))
+    sub = submitter(api)
+    assert sub.model_info().top_k == 3
+    sub.version = "7"
+    with pytest.raises(BulkError, match="no version '7'"):
+        sub.model_info()
+    sub.version = "1"
+    assert sub.model_info().version == "1"
+
+
+def test_bulk_modules_import_without_torch() -> None:
+    from tests.test_import_boundary import import_in_fresh_interpreter
+
+    modules = ("api.bulk", "api.bulk_local", "api.bulk_remote", "api.bulk_results", "api.bulk_report",
+               "api.management.commands.submit_bulk")
+    report = import_in_fresh_interpreter(modules, ("torch", "torchvision"))
+    assert report["imported"] == list(modules) and report["found"] == []

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from api.events import (job_channel, job_wait, jobs_wait_held, parse_prefer_wait, parse_query_wait,
-                        wait_slot)
+
+from api.events import job_channel, job_wait, jobs_wait_held, parse_prefer_wait, parse_query_wait, wait_slot
 from api.exceptions import InvalidInput
 from api.models import Job, JobStatus
 from api.services import job_cancel, job_fail, job_start, job_succeed

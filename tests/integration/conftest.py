@@ -144,15 +144,28 @@ def _drop_pg_database(url: str, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """resnet18 (seeded random weights) and the trained digits model, exported once per session."""
+    """resnet18 (seeded random weights), the trained digits model, and digits_tensor (the same net, tensor in)."""
     from workers.export import export_digits, export_torchvision
     from workers.store import ModelStore
 
     root = tmp_path_factory.mktemp("store")
     store = ModelStore(root)
     export_torchvision(store, "resnet18", name="resnet18", version="1")
-    export_digits(store, version="1")
+    digits = export_digits(store, version="1")
+    write_tensor_twin(digits, root / "digits_tensor" / "1")
     return root
+
+
+def write_tensor_twin(digits: Path, path: Path) -> None:
+    """digits' weights behind the `tensor` handler: [1, 8, 8] float32 (pixels / 16) in, 10 softmax scores out."""
+    from workers.store import write_manifest
+
+    path.mkdir(parents=True)
+    shutil.copy(digits / "weights.pt", path / "weights.pt")
+    write_manifest(path, {"name": "digits_tensor", "version": "1", "handler": "tensor", "architecture": "digits_mlp",
+                          "format": "state_dict", "weights": "weights.pt", "labels": [str(i) for i in range(10)],
+                          "input": {"kind": "tensor", "shape": [1, 8, 8], "dtype": "float32", "softmax": True},
+                          "batch_size": 32, "batch_delay_ms": 2})
 
 
 def _base_env(workdir: Path, store: Path) -> dict[str, str]:
@@ -165,6 +178,8 @@ def _base_env(workdir: Path, store: Path) -> dict[str, str]:
         "INFERQ_VAR_DIR": str(workdir),
         "MODEL_STORE": str(store),
         "INFERQ_HEARTBEAT_TTL": "6",
+        # TorchServe- and KServe-style clients that send no token (tests/integration/test_api_features.py).
+        "INFERQ_COMPAT_ALLOW_ANONYMOUS": "1",
         "PYTHONUNBUFFERED": "1",
     })
     return env

@@ -15,7 +15,7 @@ import signal
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,15 @@ class Stack(Service):
                                  f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
                                  "--without-mingle", "--without-gossip", *extra])
 
+    def start_with(self, name: str, args: list[str], **env: str) -> Any:
+        """Start a process with extra environment variables (the Service's own stay as they are)."""
+        saved = self.env
+        self.env = {**saved, **env}
+        try:
+            return self.start(name, args)
+        finally:
+            self.env = saved
+
     def start_beat(self) -> None:
         self.start("beat", [str(BIN / "celery"), "-A", "project", "beat", "--loglevel=INFO",
                             f"--schedule={self.workdir / 'celerybeat-schedule'}"])
@@ -145,9 +154,15 @@ class Stack(Service):
 
 
 def start_stack(workdir: Path, manifests: Iterable[dict[str, Any]], *, env: dict[str, str] | None = None,
-                concurrency: int = 2, beat: bool = True, web_processes: int = 2) -> Stack:
-    """Embedded Redis, SQLite, a worker, beat and uWSGI, all on free ports under `workdir`."""
+                concurrency: int = 2, beat: bool = True, web_processes: int = 2,
+                prepare: Callable[[Path], Any] | None = None) -> Stack:
+    """Embedded Redis, SQLite, a worker, beat and uWSGI, all on free ports under `workdir`.
+
+    `prepare(store)` may add model store entries (with weights) before anything starts.
+    """
     store = write_store(workdir / "store", manifests)
+    if prepare is not None:
+        prepare(store)
     full_env = _base_env(workdir, store)
     full_env.update(FAST_RECOVERY)
     tmp = workdir / "tmp"

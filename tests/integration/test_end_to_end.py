@@ -94,7 +94,7 @@ def test_garbage_upload_is_a_4xx_with_the_error_shape_and_creates_no_job(service
 def test_models_report_their_worker_and_readiness(service: Service) -> None:
     models = requests.get(f"{service.base}/v1/models", headers=service.headers, timeout=10).json()["models"]
     by_name = {m["name"]: m for m in models}
-    assert set(by_name) == {"resnet18", "digits"}
+    assert {"resnet18", "digits"} <= set(by_name)
     assert all(m["workers_online"] >= 1 for m in by_name.values())
     assert by_name["digits"]["accuracy"] > 0.9
     ready = requests.get(f"{service.base}/readyz", timeout=10).json()

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_in_process_folder_gives_200_results_and_5_errors(service: Service, tmp_
     check_outcome(service, out)
     assert "succeeded    200" in done.stdout and "failed       5" in done.stdout and "p95" in done.stdout
     assert "5 of 205 inputs failed" in done.stderr
-    assert "submitted 205/205" in done.stderr or "submitted" in done.stderr.splitlines()[0]
+    assert re.search(r"^submitted \d+/205, done \d+, failed \d+, [\d.]+/s, ETA \S+$", done.stderr, re.M), done.stderr
 
 
 def test_remote_folder_gives_200_results_and_5_errors(service: Service, tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ class Command(BaseCommand):
             results = ResultsFile(out)
             if results.exists() and not opts["resume"]:
                 raise CommandError(f"{out} exists: add --resume to continue that run, or choose another --out")
-            plan = Plan(options=opts, inputs=discover(opts["paths"]), out=results, wait=opts["wait"],
+            plan = Plan(inputs=discover(opts["paths"]), out=results, wait=opts["wait"],
                         limit=opts["limit"], concurrency=opts["concurrency"],
                         name=opts["name"] or ("submit_bulk " + " ".join(opts["paths"]))[:200])
             submitter = self._submitter(opts, stop)
@@ -121,7 +121,7 @@ class Command(BaseCommand):
             with stop_on_sigint(stop, stream):
                 summary = BulkRun(plan, submitter, stop=stop, progress=lambda to_submit, total: Progress(
                     stream, total=total, to_submit=to_submit, wait=plan.wait, every=opts["progress_every"])).run()
-        except (BulkError, BulkAbort) as exc:
+        except (BulkError, BulkAbort, ResultsError, OSError) as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
             raise CommandError("Interrupted. Resume with:\n  " + resume_command(opts, out, wait=opts["wait"]),
