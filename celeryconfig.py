@@ -5,7 +5,10 @@ Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 
 import os
 
-_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+from project.redis_url import redis_url as _redis_url
+
+# REDIS_URL, or the embedded Redis that `make run` started.
+_REDIS_URL = _redis_url()
 
 # The broker is Redis; CELERY_BROKER_URL overrides it (tests use memory://).
 broker_url = os.environ.get("CELERY_BROKER_URL") or _REDIS_URL
@@ -40,6 +43,9 @@ result_backend = None
 # so a crash loses no job (the Job row's guarded update keeps results written once).
 task_acks_late = True
 task_reject_on_worker_lost = True
+# A running job needs only the database (its lease guards it), so a lost broker connection must not cancel
+# it; pinned because Celery 6 changes the default.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # One message per worker process at a time: a long job never holds others hostage.
 worker_prefetch_multiplier = 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import mimetypes
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ class ModelInfo:
     name: str
     version: str
     top_k: int
+    notice: str = ""  # a warning worth showing before the run (no worker serves the model, say)
 
 
 class Submitter(Protocol):
@@ -52,6 +54,11 @@ class Submitter(Protocol):
     def poll(self, pending: dict[str, str]) -> list[Record]: ...
 
     def close(self) -> None: ...
+
+
+def content_type_of(path: str) -> str:
+    """By extension; the API then checks the bytes themselves (a PNG named .jpg is still a PNG)."""
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 def idempotency_key(batch_id: str, path: str) -> str:
@@ -99,8 +106,9 @@ class BulkRun:
     """One run: submit what is not yet in the results file, then collect results until all jobs end."""
 
     def __init__(self, plan: Plan, submitter: Submitter, *, stop: threading.Event,
-                 progress: Callable[[int, int], Progress]) -> None:
+                 progress: Callable[[int, int], Progress], say: Callable[[str], None] = lambda text: None) -> None:
         self.plan, self.submitter, self.stop, self.make_progress = plan, submitter, stop, progress
+        self.say = say
         self.summary = Summary(inputs=len(plan.inputs), out=str(plan.out.path))
         self.final: dict[str, Record] = {}
         self.pending: dict[str, str] = {}  # job id -> path
@@ -113,6 +121,8 @@ class BulkRun:
         wanted = set(plan.inputs)
         known = {path: rec for path, rec in out.read().items() if path in wanted}
         info = self.info = self.submitter.model_info()
+        if info.notice:
+            self.say(info.notice)
         batch_id = next((r.batch_id for r in reversed(known.values()) if r.batch_id), "")
         self.summary.batch_id = self.submitter.open_batch(batch_id=batch_id, name=plan.name)
         for path, rec in known.items():
@@ -120,7 +130,8 @@ class BulkRun:
                 self.final[path] = rec
             elif rec.job_id:
                 self.pending[rec.job_id] = path
-        todo = [p for p in plan.inputs if p not in self.final and p not in self.pending.values()]
+        started_paths = set(self.final) | set(self.pending.values())
+        todo = [p for p in plan.inputs if p not in started_paths]
         self.summary.skipped = len(plan.inputs) - len(todo)
         todo = todo[:plan.limit] if plan.limit is not None else todo
         out.open(info.top_k)
@@ -214,4 +225,5 @@ class BulkRun:
                 s.failed += 1
                 s.errors[record.error_code or record.status] += 1
         s.unfinished = len(self.pending)
+        s.remaining = s.inputs - len(self.final) - s.unfinished
         return s

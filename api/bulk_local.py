@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import os
 import threading
 from dataclasses import dataclass
@@ -14,9 +13,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from api.bulk import BulkAbort, BulkError, ModelInfo, idempotency_key
+from api.bulk import BulkAbort, BulkError, ModelInfo, content_type_of, idempotency_key
 from api.bulk_results import Record, error_record, record_from_job
 from api.exceptions import ApiError, NotFound, Overloaded, ServiceUnavailable
+from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes
 from api.models import ACTIVE_STATUSES, Batch, Job
 from api.serializers import JobOutputSerializer
@@ -24,10 +24,6 @@ from api.services import batch_create, job_create, model_spec_get
 
 BROKER_TRIES = 5
 CHUNK = 900  # ids per query: below SQLite's oldest bound on query parameters
-
-
-def content_type_of(path: str) -> str:
-    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 def check_broker() -> None:
@@ -53,17 +49,23 @@ class LocalSubmitter:
     """Validates each file as the API would, then creates its job with `job_create` (same rules, same queue)."""
 
     def __init__(self, *, username: str, model: str, version: str | None, stop: threading.Event) -> None:
-        self.user: AbstractBaseUser = get_user_model().objects.get_or_create(username=username)[0]
         try:
             self.spec = model_spec_get(name=model, version=version)
         except NotFound as exc:
             raise BulkError(exc.message) from exc
+        self.user: AbstractBaseUser = get_user_model().objects.get_or_create(username=username)[0]
         self.stop = stop
         self.batch: Batch | None = None
         check_broker()
 
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.spec.name, self.spec.version, self.spec.top_k)
+        try:
+            workers: int | None = len(workers_online(self.spec.name))
+        except RedisError:
+            workers = None
+        notice = (f"Warning: no worker serves {self.spec.name!r} on this broker right now; its jobs wait in the "
+                  f"queue until one does. Is REDIS_URL ({settings.REDIS_URL}) the service's?") if workers == 0 else ""
+        return ModelInfo(self.spec.name, self.spec.version, self.spec.top_k, notice)
 
     def open_batch(self, *, batch_id: str, name: str) -> str:
         if batch_id:

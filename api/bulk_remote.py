@@ -13,8 +13,7 @@ from typing import Any
 
 import requests  # type: ignore[import-untyped]  # no stubs installed
 
-from api.bulk import BulkAbort, BulkError, ModelInfo, idempotency_key
-from api.bulk_local import content_type_of
+from api.bulk import BulkAbort, BulkError, ModelInfo, content_type_of, idempotency_key
 from api.bulk_results import FINAL, Record, error_record, record_from_job
 
 NET_TRIES = 5
@@ -90,7 +89,9 @@ class RemoteSubmitter:
         if self.version and self.version not in [str(v) for v in body.get("versions") or [body["version"]]]:
             raise BulkError(f"Model {self.model!r} has no version {self.version!r} "
                             f"(has {', '.join(map(str, body.get('versions') or []))}).")
-        return ModelInfo(body["name"], self.version or str(body["version"]), int(body.get("top_k") or 5))
+        notice = (f"Warning: no worker serves {self.model!r} right now; its jobs wait in the queue until one does."
+                  if body.get("workers_online") == 0 else "")
+        return ModelInfo(body["name"], self.version or str(body["version"]), int(body.get("top_k") or 5), notice)
 
     def open_batch(self, *, batch_id: str, name: str) -> str:
         if batch_id:

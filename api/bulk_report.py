@@ -98,6 +98,7 @@ class Summary:
     succeeded: int = 0
     failed: int = 0
     unfinished: int = 0
+    remaining: int = 0
     finished_now: int = 0
     wall_s: float = 0.0
     submit_s: float = 0.0
@@ -128,6 +129,8 @@ class Summary:
         ]
         if self.unfinished:
             out.append(f"unfinished   {self.unfinished} (queued or running; --resume collects them)")
+        if self.remaining:
+            out.append(f"not sent     {self.remaining} (--resume submits them)")
         out += [
             f"wall time    {self.wall_s:.1f} s",
             f"throughput   {done_rate:.1f} inputs/s"

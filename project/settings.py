@@ -7,6 +7,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from project.redis_url import redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -114,7 +116,7 @@ else:
 # Redis (broker, cache, worker heartbeats)
 # ---------------------------------------------------------------------------
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = redis_url()
 
 CACHES = {
     "default": {

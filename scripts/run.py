@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from project.redis_url import embedded_url_file  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
@@ -145,6 +148,8 @@ def main() -> int:
             sup.stop()
             return 1
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        # Management commands started beside `make run` (submit_bulk, shell) find it here.
+        embedded_url_file(var).write_text(env["REDIS_URL"])
 
     print("Preparing the database, static files and models…", flush=True)
     try:
@@ -182,6 +187,7 @@ def main() -> int:
     status = sup.watch()
     print("Stopping…", flush=True)
     sup.stop()
+    embedded_url_file(var).unlink(missing_ok=True)
     return status
 
 

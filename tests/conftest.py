@@ -13,9 +13,13 @@ import pytest
 from django.conf import settings
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fake_redis() -> Iterator[fakeredis.FakeRedis]:
-    """Unit tests never touch a real Redis: InferQ's own Redis client becomes fakeredis."""
+    """Unit tests never touch a real Redis: InferQ's own Redis client becomes fakeredis.
+
+    Autouse, so no test can reach a Redis on the machine by accident (CI has one on 6379; a
+    newcomer's machine has none). Integration tests talk to their own servers in subprocesses.
+    """
     from api.redis_client import set_redis
 
     client = fakeredis.FakeRedis()

@@ -55,11 +55,17 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def submit(*args: str, **options: Any) -> tuple[int, str]:
+@pytest.fixture(autouse=True)
+def redis_double(fake_redis: Any) -> Any:
+    """Worker heartbeats are read from InferQ's Redis: a fake one here."""
+    return fake_redis
+
+
+def submit(*args: str, stderr: io.StringIO | None = None) -> tuple[int, str]:
     """Run the command; (exit status, stdout)."""
     out = io.StringIO()
     try:
-        call_command("submit_bulk", *args, stdout=out, stderr=io.StringIO(), **options)
+        call_command("submit_bulk", *args, stdout=out, stderr=stderr or io.StringIO())
     except CommandError as exc:
         return exc.returncode, out.getvalue() + str(exc)
     return 0, out.getvalue()
@@ -167,11 +173,13 @@ def test_resume_after_a_limited_run_submits_only_the_rest(
         folder: Path, user: Any, image_model_manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     args = (str(folder), "--model", "tinyimg", "--out", str(out), "--no-wait")
-    assert submit(*args, "--limit", "4")[0] == 1  # one broken file is among the first four
-    assert len(rows(out)) == 4
+    status, stdout = submit(*args, "--limit", "8")  # the five broken files (top folder first) and three images
+    assert status == 1 and "not sent     9 (--resume submits them)" in stdout
+    assert Counter(line["status"] for line in rows(out)) == {"failed": 5, "queued": 3} and Job.objects.count() == 3
     status, message = submit(*args)
-    assert status == 1 and "exists" in message and len(rows(out)) == 4
-    assert submit(*args, "--resume")[0] == 1
+    assert status == 1 and "exists" in message and len(rows(out)) == 8
+    status, stdout = submit(*args, "--resume")
+    assert status == 1 and "(8 submitted by an earlier run)" in stdout and "submitted    9\n" in stdout
     lines = rows(out)
     assert len(lines) == GOOD + len(BROKEN) == len({line["path"] for line in lines})
     hashes = Counter(Job.objects.values_list("input_sha256", flat=True))
@@ -202,7 +210,7 @@ def test_ctrl_c_stops_submitting_says_how_to_resume_and_resume_submits_none_twic
     def commit_then_ctrl_c(self: LocalSubmitter, loaded: Any, *, stopping: bool) -> Record | None:
         record = original(self, loaded, stopping=stopping)
         commits.append(record)
-        if len(commits) == 5:
+        if len(commits) == 9:  # the five broken files (top folder first), then four images
             os.kill(os.getpid(), signal.SIGINT)
         return record
 
@@ -212,10 +220,12 @@ def test_ctrl_c_stops_submitting_says_how_to_resume_and_resume_submits_none_twic
     assert status == 130
     assert "--resume" in message and f"--out {out}" in message and "--concurrency 2" in message
     first = rows(out)
-    assert 5 <= len(first) < GOOD + len(BROKEN)
-    assert Job.objects.count() == sum(1 for line in first if line["job_id"])
+    assert 9 <= len(first) < GOOD + len(BROKEN)
+    assert 4 <= Job.objects.count() == sum(1 for line in first if line["job_id"]) < GOOD
     monkeypatch.setattr(LocalSubmitter, "commit", original)
-    assert submit(str(folder), "--model", "tinyimg", "--out", str(out), "--no-wait", "--resume")[0] == 1
+    before = Job.objects.count()
+    status, stdout = submit(str(folder), "--model", "tinyimg", "--out", str(out), "--no-wait", "--resume")
+    assert status == 1 and f"submitted    {GOOD - before}\n" in stdout
     hashes = Counter(Job.objects.values_list("input_sha256", flat=True))
     assert len(hashes) == GOOD and set(hashes.values()) == {1}
     assert len(rows(out)) == GOOD + len(BROKEN)
@@ -281,3 +291,16 @@ def test_summary_percentiles_and_exit_status() -> None:
     assert Summary(failed=1, interrupted=True).exit_code == 130
     text = "\n".join(Summary(inputs=2, succeeded=2, wall_s=2.0, finished_now=2, latencies_ms=[10.0, 30.0]).lines())
     assert "1.0 inputs/s" in text and "p50 10 ms, p95 30 ms" in text
+
+
+def test_a_model_no_worker_serves_is_warned_about_but_still_queued(folder: Path, user: Any,
+                                                                   image_model_manifest: Path, tmp_path: Path) -> None:
+    from api.heartbeats import heartbeat_record
+
+    err = io.StringIO()
+    submit(str(folder / "set0"), "--model", "tinyimg", "--out", str(tmp_path / "a.csv"), "--no-wait", stderr=err)
+    assert "no worker serves 'tinyimg'" in err.getvalue() and Job.objects.count() == 4
+    heartbeat_record(hostname="worker@test", models=["tinyimg"])
+    err = io.StringIO()
+    submit(str(folder / "set1"), "--model", "tinyimg", "--out", str(tmp_path / "b.csv"), "--no-wait", stderr=err)
+    assert "no worker" not in err.getvalue() and Job.objects.count() == 8

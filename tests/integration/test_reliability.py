@@ -1,7 +1,7 @@
 """No job is lost, stuck or run twice when workers die, Redis restarts empty, queues fill or jobs overrun.
 
 Real processes only: a private stack (harness.py) with Redis we can kill, workers we can kill -9, and
-beat sweeping every second with 3-second leases, so recovery takes seconds instead of minutes.
+beat sweeping every second with 4-second leases, so recovery takes seconds instead of minutes.
 """
 
 from __future__ import annotations
@@ -98,16 +98,18 @@ def test_kill_9_of_the_whole_worker_mid_run_loses_no_job(stack: Stack) -> None:
     bodies = payloads("whole", RUN)
     ids = submit_all(stack, "echo", bodies)
     wait_until(lambda: succeeded_so_far(stack, ids) >= RUN * 0.3, 90, "30% done", [stack.log("worker")])
-    first = stack.jobs(ids)
+    killed = stack.procs["worker"].pid
+    old = {j["worker"] for j in stack.jobs(ids).values() if j["status"] == "succeeded"}
 
     stack.stop("worker", signal.SIGKILL)  # the whole process group: the parent and its pool
-    running_when_killed = [i for i, j in first.items() if j["status"] == "running"]
     stack.start_worker()
 
     jobs = assert_every_job_succeeded_once(stack, ids, bodies)
-    by_id = dict(zip(ids, jobs, strict=True))
-    assert any(by_id[i]["attempts"] >= 2 for i in running_when_killed) or not running_when_killed
-    assert any(j["attempts"] >= 2 for j in jobs)
+    assert not pid_alive(killed)
+    # Its pool was mid-batch when the worker died: those jobs ran again, and on the new worker.
+    retried = [j for j in jobs if j["attempts"] >= 2]
+    assert retried
+    assert any(j["worker"] not in old for j in retried)
 
 
 def test_an_input_that_kills_its_worker_fails_worker_lost_after_three_tries(stack: Stack) -> None:

@@ -134,6 +134,8 @@ def test_an_interrupted_remote_run_resumed_submits_no_input_twice(service: Servi
     resumed = bulk(service, *args, "--resume")
     assert resumed.returncode == 1, resumed.stderr
     assert f"({len(first)} submitted by an earlier run)" in resumed.stdout
+    already = sum(1 for r in first if r["job_id"])
+    assert already >= 1 and f"submitted    {GOOD - already}\n" in resumed.stdout
     check_outcome(service, out)
 
 

@@ -120,7 +120,8 @@ class Command(BaseCommand):
         try:
             with stop_on_sigint(stop, stream):
                 summary = BulkRun(plan, submitter, stop=stop, progress=lambda to_submit, total: Progress(
-                    stream, total=total, to_submit=to_submit, wait=plan.wait, every=opts["progress_every"])).run()
+                    stream, total=total, to_submit=to_submit, wait=plan.wait, every=opts["progress_every"]),
+                    say=lambda text: self.stderr.write(self.style.WARNING(text))).run()
         except (BulkError, BulkAbort, ResultsError, OSError) as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
