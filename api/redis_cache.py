@@ -29,3 +29,11 @@ class PooledRedisCache(RedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = PooledRedisCacheClient
+
+    def incr_with_ttl(self, key: str, timeout: int) -> int:
+        """Create-or-increment a counter and (re)set its expiry, in one round trip."""
+        full = self.make_and_validate_key(key)
+        pipe = self._cache.get_client(full, write=True).pipeline(transaction=False)
+        pipe.incr(full)
+        pipe.expire(full, timeout)
+        return int(pipe.execute()[0])

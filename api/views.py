@@ -44,14 +44,14 @@ from api.schema import (
     error_responses,
 )
 from api.selectors import batch_describe, batch_get, job_get, job_key_used, job_list, model_describe, model_list
-from api.serializers import BatchCreateSerializer, JobListFilterSerializer, JobOutputSerializer
+from api.serializers import BatchCreateSerializer, JobListFilterSerializer, JobOutputSerializer, job_to_dict
 from api.services import batch_create, job_cancel, job_create, model_spec_get
 from api.throttling import SubmitRateThrottle
 from workers.store import ModelSpec, get_store
 
 
 def job_response(job: Any, *, status_code: int = status.HTTP_200_OK) -> Response:
-    response = Response(JobOutputSerializer(job).data, status=status_code)
+    response = Response(job_to_dict(job), status=status_code)
     if status_code == status.HTTP_202_ACCEPTED:
         response["Location"] = f"/v1/jobs/{job.id}"
         response["Retry-After"] = "1"
@@ -143,7 +143,7 @@ class JobListApi(APIView):
         jobs = job_list(user=request.user, filters=filters.validated_data)
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        return paginator.get_paginated_response([job_to_dict(job) for job in page])
 
 
 class JobCancelApi(APIView):

@@ -194,3 +194,26 @@ def test_job_create_stores_input_and_digest(make_job: Any) -> None:
     assert job.input_size == 9
     with job.input.open("rb") as fh:
         assert fh.read() == b"digest me"
+
+
+def test_queue_bound_is_exact_near_the_limit_and_counts_are_reused_far_from_it(
+        user: Any, echo_model: Any, settings: Any, django_assert_num_queries: Any) -> None:
+    from api import services
+    from api.exceptions import Overloaded
+    from api.services import check_queue_capacity, model_spec_get
+
+    services._depth_seen.clear()
+    spec = model_spec_get(name="echo")
+    settings.INFERQ_MAX_QUEUED = 1000
+    with django_assert_num_queries(1):
+        for _ in range(5):
+            check_queue_capacity(spec=spec)  # far below the bound: one COUNT, reused
+
+    services._depth_seen.clear()
+    settings.INFERQ_MAX_QUEUED = 2
+    for payload in (b"a", b"b"):
+        check_queue_capacity(spec=spec)
+        Job.objects.create(owner=user, model_name="echo", model_version="1", input_content_type="x",
+                           input_sha256=payload.hex())
+    with pytest.raises(Overloaded):
+        check_queue_capacity(spec=spec)  # near the bound every submit recounts
