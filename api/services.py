@@ -50,7 +50,11 @@ def _ms(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def job_enqueue(*, job: Job, spec: ModelSpec | None = None) -> None:
-    """Publish the job's message (only its id) to its model's queue; raise 503 if the broker is down."""
+    """Publish the job's message (only its id) to its model's queue; raise 503 if the broker is down.
+
+    Callers stamp `enqueued_at` in the write that precedes this (no second write after publishing:
+    on SQLite it would contend with the worker already claiming the job).
+    """
     from project.celery import app
 
     options: dict[str, Any] = {}
@@ -70,7 +74,6 @@ def job_enqueue(*, job: Job, spec: ModelSpec | None = None) -> None:
         logger.error("broker unavailable while enqueueing job %s: %s", job.id, exc)
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.",
                                  code="broker_unavailable") from exc
-    Job.objects.filter(id=job.id).update(enqueued_at=timezone.now())
 
 
 # Per process: model name → (queued count, when counted, submits since). Far below the bound the
@@ -136,7 +139,7 @@ def job_create(
         batch=batch,
         idempotency_key=idempotency_key or None,
     )
-    job.created_at = timezone.now()
+    job.created_at = job.enqueued_at = timezone.now()
     job.input.save(str(job.id), ContentFile(model_input.data), save=False)
     try:
         with transaction.atomic():
@@ -287,7 +290,8 @@ def job_requeue_orphans() -> dict[str, int]:
                 continue
             job.status = JobStatus.QUEUED
             job.lease_expires_at = None
-            job.save(update_fields=["status", "lease_expires_at"])
+            job.enqueued_at = timezone.now()
+            job.save(update_fields=["status", "lease_expires_at", "enqueued_at"])
         try:
             job_enqueue(job=job, spec=_spec_or_none(job))
             counts["requeued"] += 1

@@ -20,7 +20,8 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
     workdir.mkdir(parents=True)
     env = _base_env(workdir, store)
     env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls", "LOG_LEVEL": "WARNING",
-                "INFERQ_MAX_QUEUED": "1000000", **(extra_env or {})})
+                "INFERQ_MAX_QUEUED": "1000000", "INFERQ_RESULT_CACHE": "0",
+                **(extra_env or {})})
     if threads:
         env["INFERQ_THREADS"] = str(threads)
     port = free_port()
