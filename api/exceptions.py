@@ -115,8 +115,8 @@ _DRF_CODES = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error leaves as {"error": {"code", "message"}}."""
     if isinstance(exc, ApiError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return Response(error_body(exc.code, exc.message), status=exc.status_code, headers=headers)
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return Response(error_body(exc.code, exc.message), status=exc.status_code, headers=retry)
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):

@@ -39,4 +39,5 @@ def heartbeat_clear(*, hostname: str, models: list[str], client: redis.Redis | N
 def workers_online(model_name: str, *, client: redis.Redis | None = None) -> list[str]:
     client = client or get_redis()
     cutoff = time.time() - settings.INFERQ_HEARTBEAT_TTL
-    return sorted(m.decode() for m in client.zrangebyscore(heartbeat_key(model_name), cutoff, "+inf"))
+    members: list[bytes] = client.zrangebyscore(heartbeat_key(model_name), cutoff, "+inf")  # type: ignore[assignment]
+    return sorted(m.decode() for m in members)

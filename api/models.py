@@ -20,7 +20,7 @@ ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
-def input_upload_to(job: "Job", filename: str) -> str:
+def input_upload_to(job: Job, filename: str) -> str:
     return f"inputs/{job.created_at:%Y/%m/%d}/{job.id}"
 
 
@@ -73,7 +73,8 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": jobs without a key must not collide in the (owner, key) unique constraint.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         ordering = ["-created_at"]

@@ -29,6 +29,8 @@ from tests.integration.conftest import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
+# Jobs in flight from the benchmark's clients: enough to fill a batch, within the web tier's wait slots.
+CLIENTS = 8
 
 
 def log(message: str) -> None:
@@ -128,10 +130,10 @@ def main() -> int:
     with stack(store, ROOT / "var" / "bench" / "run", models=[main_model], concurrency=1) as svc:
         concurrency = int(svc.env.get("INFERQ_WORKER_CONCURRENCY", "1"))
         log(f"(b) InferQ end to end, {main_model}")
-        results["b"] = throughput(svc, main_model, images, 16)
+        results["b"] = throughput(svc, main_model, images, CLIENTS)
         log("(d) batching off")
         restart_worker(svc, models=[main_model], concurrency=concurrency, INFERQ_BATCHING="0")
-        results["d_off"] = throughput(svc, main_model, images, 16)
+        results["d_off"] = throughput(svc, main_model, images, CLIENTS)
 
         log("(e) latency, digits, one client")
         restart_worker(svc, models=["digits"], concurrency=concurrency)

@@ -56,7 +56,9 @@ class Client:
             status, body = self.request("GET", f"/v1/jobs/{job['id']}?wait=30")
             job = json.loads(body)
             if job["status"] not in FINAL and time.monotonic() - started < 0.005:
-                time.sleep(0.01)
+                # The server answered without holding the request (its wait slots are taken):
+                # back off instead of spinning, or the polls eat the cores the worker needs.
+                time.sleep(0.2)
         return job
 
 

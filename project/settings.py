@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from project.redis_url import redis_url
 
@@ -22,7 +23,7 @@ def env_bool(name: str, default: bool = False) -> bool:
 
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    return int(value) if value else default
 
 
 # ---------------------------------------------------------------------------
@@ -33,13 +34,24 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 VAR_DIR = Path(os.environ.get("INFERQ_VAR_DIR", BASE_DIR / "var"))
 
 # Secrets have no default outside DEBUG: a production deploy that forgets one fails loudly.
+# On a developer's machine `make` generates one, once, into var/secret_key (never committed),
+# so `manage.py` commands run by hand find it too.
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
-if DEBUG:
-    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-dev-key-only-for-debug")
-else:
+_local_secret = VAR_DIR / "secret_key"
+if os.environ.get("DJANGO_SECRET_KEY"):
     SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+elif _local_secret.is_file():
+    SECRET_KEY = _local_secret.read_text().strip()
+elif DEBUG:
+    SECRET_KEY = "insecure-dev-key-only-for-debug"
+else:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set. Export one (see .env.example), or run `make run` once to generate "
+        f"{_local_secret} for local use.")
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()
+]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
@@ -100,7 +112,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
+            "NAME": str(VAR_DIR / "db.sqlite3"),
             "OPTIONS": {
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
                 "transaction_mode": "IMMEDIATE",

@@ -10,7 +10,6 @@ from typing import Any
 
 import fakeredis
 import pytest
-from django.conf import settings
 
 
 @pytest.fixture(autouse=True)
@@ -85,9 +84,8 @@ def other_user(db: Any) -> Any:
 
 @pytest.fixture
 def api_client(user: Any) -> Any:
-    from rest_framework.test import APIClient
-
     from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
 
     client = APIClient()
     token = Token.objects.create(user=user)

@@ -41,3 +41,13 @@ def test_without_a_secret_key_the_settings_refuse_to_load(tmp_path: Path) -> Non
 
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_a_locally_generated_secret_file_is_used_when_the_environment_has_none(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text(secrets.token_urlsafe(50))
+
+    result = manage(tmp_path, "shell", "-c", "from django.conf import settings; print(settings.SECRET_KEY)",
+                    DJANGO_DEBUG="0")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (tmp_path / "secret_key").read_text()

@@ -28,11 +28,11 @@ def local_handler(store: Path, name: str) -> Any:
 
 def assert_same_predictions(served: list[dict[str, Any]], local: list[dict[str, Any]], tol: float = 1e-4) -> None:
     assert len(served) == len(local)
-    for s, l in zip(served, local, strict=True):
-        assert abs(s["probability"] - l["probability"]) <= tol, (served, local)
-        if s["index"] != l["index"]:
+    for s, here in zip(served, local, strict=True):
+        assert abs(s["probability"] - here["probability"]) <= tol, (served, local)
+        if s["index"] != here["index"]:
             # Only a tie within tolerance may swap places.
-            assert abs(s["probability"] - l["probability"]) <= tol and s["index"] in {x["index"] for x in local}
+            assert abs(s["probability"] - here["probability"]) <= tol and s["index"] in {x["index"] for x in local}
 
 
 def submit_and_wait(service: Service, model: str, items: list[tuple[bytes, str]]) -> list[dict[str, Any]]:

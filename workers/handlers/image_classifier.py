@@ -37,13 +37,14 @@ class ImageClassifier(Handler):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
+                img: Image.Image = Image.open(io.BytesIO(data))
                 if img.width * img.height > MAX_PIXELS:
                     raise InputError(f"Image is {img.width}x{img.height}; too many pixels.", code="image_too_large")
                 if isinstance(self.resize, int):
                     # JPEG DCT scaling: decode big photos at a reduced size that still covers the target.
                     scale = self.resize / min(img.size)
-                    img.draft(self.mode, (int(img.width * scale) + 1, int(img.height * scale) + 1))
+                    size = (int(img.width * scale) + 1, int(img.height * scale) + 1)
+                    img.draft(self.mode, size)  # type: ignore[attr-defined]
                 img = ImageOps.exif_transpose(img).convert(self.mode)
         except InputError:
             raise

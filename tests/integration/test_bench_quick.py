@@ -1,0 +1,26 @@
+"""`make bench-quick` as a smoke test: every part runs and prints its row. No timing is asserted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_prints_every_row_with_a_ratio() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout
+    for part in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"):
+        assert re.search(rf"^\{part[0]}{part[1]}\) ", table, re.M), f"row {part} missing:\n{table}"
+    for ratio in ("(b)/(a) =", "InferQ/(c) =", "on/off =", "p50", "p99"):
+        assert re.search(re.escape(ratio) + r"\s*\d+(\.\d+)?", table), f"{ratio} missing:\n{table}"
+    assert len(re.findall(r"\[target", table)) == 6
