@@ -12,22 +12,26 @@ _REDIS_URL = _redis_url()
 
 # The broker is Redis; CELERY_BROKER_URL overrides it (tests use memory://).
 broker_url = os.environ.get("CELERY_BROKER_URL") or _REDIS_URL
-# Fail fast when Redis is down so the API can answer 503 instead of hanging.
-broker_connection_timeout = 2
+# Fail fast when Redis is down so the API can answer 503 instead of hanging (uwsgi.ini lowers it for the web).
+broker_connection_timeout = float(os.environ.get("INFERQ_BROKER_CONNECT_TIMEOUT", "2"))
 broker_connection_retry_on_startup = True
 # A message not acked within this many seconds is redelivered (Redis has no real acks).
 # Keep it above the longest task time limit, or slow jobs run twice.
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("INFERQ_VISIBILITY_TIMEOUT", "900")),
-    "socket_connect_timeout": 2,
-    "socket_timeout": 5,
+    # Socket timeouts on Redis; uwsgi.ini lowers both for the web tier, which only publishes, so a submit
+    # meets a frozen or unreachable Redis with a 503 inside 1.5 s (workers keep 5 s: their BRPOP waits 1 s).
+    "socket_connect_timeout": float(os.environ.get("INFERQ_BROKER_CONNECT_TIMEOUT", "2")),
+    "socket_timeout": float(os.environ.get("INFERQ_BROKER_SOCKET_TIMEOUT", "5")),
     "max_retries": 2,
     "interval_start": 0,
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-# Publishing retries briefly, then raises: the caller decides (503 to the client).
-task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Publishing retries briefly, then raises: the caller decides (503 to the client). Each retry can cost a socket
+# timeout when Redis is frozen, so uwsgi.ini allows the web tier one.
+task_publish_retry_policy = {"max_retries": int(os.environ.get("INFERQ_PUBLISH_RETRIES", "2")), "interval_start": 0,
+                             "interval_step": 0.2, "interval_max": 0.5}
 
 # JSON only: a pickle message could run arbitrary code in a worker.
 task_serializer = "json"

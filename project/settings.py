@@ -135,7 +135,8 @@ CACHES = {
         "BACKEND": "api.redis_cache.PooledRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "inferq",
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+        # One second: the throttles read this on every request, and a frozen Redis must still be a fast 503.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
 

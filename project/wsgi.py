@@ -12,3 +12,8 @@ application = get_wsgi_application()
 from api.bodylimit import BodyLimit  # noqa: E402  (needs the settings configured above)
 
 application = BodyLimit(application)
+
+# A web process about to be recycled (uwsgi.ini max-requests) closes its connections cleanly first.
+from api.keepalive import CloseBeforeRecycle  # noqa: E402
+
+application = CloseBeforeRecycle(application)

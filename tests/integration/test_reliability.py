@@ -7,6 +7,7 @@ beat sweeping every second with 4-second leases, so recovery takes seconds inste
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import BIN, free_port, wait_until
 from tests.integration.harness import Stack, echo_manifest, pid_alive, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
@@ -185,6 +186,23 @@ def test_redis_outage_answers_503_fast_and_jobs_queued_before_it_complete_after(
         assert re.search(rb"broker lost its messages; republished [1-9]\d* queued jobs", fh.read())
 
 
+def test_a_frozen_redis_is_a_503_within_two_seconds_too(stack: Stack) -> None:
+    """Redis that accepts connections but never answers (SIGSTOP): the web tier gives it 0.5 s and one retry."""
+    redis = stack.procs["redis"]
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = stack.submit("echo", b"while Redis is frozen", "application/octet-stream")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "broker_unavailable"
+    assert elapsed <= 2.0, elapsed
+    after = [b"after Redis thawed"]
+    assert_every_job_succeeded_once(stack, submit_all(stack, "echo", after), after, timeout=60)
+
+
 def test_a_full_queue_answers_429_and_the_model_shows_its_depth(stack: Stack) -> None:
     with worker_stopped(stack):
         ids = submit_all(stack, "capped", [b"one", b"two", b"three"])
@@ -206,3 +224,36 @@ def test_nothing_is_left_queued_or_running(stack: Stack) -> None:
     stack.wait_final([j["id"] for j in jobs["results"]], 60)
     inputs = Path(stack.workdir / "media")
     assert not [p for p in inputs.rglob("*") if p.is_file()], "every finished job's input is deleted"
+
+
+def test_recycling_web_processes_drops_no_request(stack: Stack) -> None:
+    """uWSGI replaces a web process after max-requests; clients on keep-alive connections lose nothing."""
+    port = free_port()
+    stack.start_with("web-recycle", [str(BIN / "uwsgi"), "--ini", "uwsgi.ini", "--max-requests", "400",
+                                     "--max-requests-delta", "0", "--min-worker-lifetime", "1"],
+                     INFERQ_HTTP=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{base}/healthz", timeout=2).ok, 60, "web", [stack.log("web-recycle")])
+        mark = stack.log("web-recycle").stat().st_size
+        failures: list[str] = []
+
+        def client(n: int) -> int:
+            session, ok = requests.Session(), 0
+            for _ in range(n):
+                try:
+                    ok += session.get(f"{base}/v1/models/echo", headers=stack.headers, timeout=10).ok
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+            return ok
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answered = sum(pool.map(client, [250] * 16))
+
+        with open(stack.log("web-recycle"), "rb") as fh:
+            fh.seek(mark)
+            recycled = fh.read().count(b"Respawned uWSGI worker")
+        assert recycled >= 3, "the web processes were not recycled: the test proves nothing"
+        assert failures == [] and answered == 16 * 250, failures[:5]
+    finally:
+        stack.stop("web-recycle")
