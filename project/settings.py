@@ -43,7 +43,7 @@ if os.environ.get("DJANGO_SECRET_KEY"):
 elif _local_secret.is_file():
     SECRET_KEY = _local_secret.read_text().strip()
 elif DEBUG:
-    SECRET_KEY = "insecure-dev-key-only-for-debug"
+    SECRET_KEY = "insecure-dev-key-only-for-debug"  # noqa: S105 - DEBUG only
 else:
     raise ImproperlyConfigured(
         "DJANGO_SECRET_KEY is not set. Export one (see .env.example), or run `make run` once to generate "
