@@ -112,24 +112,31 @@ _DRF_CODES = {
 }
 
 
+def error_headers(exc: Exception) -> dict[str, str] | None:
+    """The headers a refusal carries: Retry-After (overload, throttling) and WWW-Authenticate."""
+    if isinstance(exc, ApiError):
+        return {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    headers: dict[str, str] = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
+    return headers or None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error leaves as {"error": {"code", "message"}}."""
     if isinstance(exc, ApiError):
-        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return Response(error_body(exc.code, exc.message), status=exc.status_code, headers=retry)
+        return Response(error_body(exc.code, exc.message), status=exc.status_code, headers=error_headers(exc))
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):
         return Response(error_body("permission_denied", "Permission denied."), status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, drf_exceptions.APIException):
         code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
-        headers: dict[str, str] = {}
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
         if isinstance(exc, drf_exceptions.ParseError) and "JSON" not in str(exc.detail):
             code = "bad_request"
-        return Response(error_body(code, _drf_message(exc.detail)), status=exc.status_code, headers=headers or None)
+        return Response(error_body(code, _drf_message(exc.detail)), status=exc.status_code,
+                        headers=error_headers(exc))
     # Anything else is a bug or an outage: log it with its traceback, tell the client nothing internal.
     return None

@@ -31,7 +31,7 @@ from rest_framework.views import APIView
 from api.compat.auth import COMPAT_AUTHENTICATION
 from api.compat.sync import jobs_run_sync
 from api.compat.v2codec import NUMPY_TO_V2, V2Output, V2Request, decompress, encode_infer_response, parse_infer_request
-from api.exceptions import ApiError, InvalidInput, PayloadTooLarge
+from api.exceptions import ApiError, InvalidInput, PayloadTooLarge, error_headers
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes
 from api.models import Job, JobStatus
@@ -53,15 +53,9 @@ def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -
 
 def v2_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return v2_error(exc.status_code, exc.message, headers)
+        return v2_error(exc.status_code, exc.message, error_headers(exc))
     if isinstance(exc, drf_exceptions.APIException):
-        headers = {}
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
-        return v2_error(exc.status_code, str(exc.detail), headers or None)
+        return v2_error(exc.status_code, str(exc.detail), error_headers(exc))
     return None
 
 

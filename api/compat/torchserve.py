@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 
 from api.compat.auth import COMPAT_AUTHENTICATION
 from api.compat.sync import jobs_run_sync
-from api.exceptions import ApiError, InvalidInput, PayloadTooLarge
+from api.exceptions import ApiError, InvalidInput, PayloadTooLarge, error_headers
 from api.inputs import ModelInput, input_from_bytes, input_from_json
 from api.models import Job, JobStatus
 from api.schema import FirstRendererNegotiation
@@ -56,16 +56,10 @@ def torchserve_error(status: int, message: str, *, kind: str | None = None,
 def torchserve_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every refusal in TorchServe's error shape (an unexpected error still reaches the JSON 500 middleware)."""
     if isinstance(exc, ApiError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         kind = "ModelNotFoundException" if exc.code == "unknown_model" else None
-        return torchserve_error(exc.status_code, exc.message, kind=kind, headers=headers)
+        return torchserve_error(exc.status_code, exc.message, kind=kind, headers=error_headers(exc))
     if isinstance(exc, drf_exceptions.APIException):
-        headers = {}
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
-        return torchserve_error(exc.status_code, str(exc.detail), headers=headers or None)
+        return torchserve_error(exc.status_code, str(exc.detail), headers=error_headers(exc))
     return None
 
 
