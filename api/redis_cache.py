@@ -30,10 +30,13 @@ class PooledRedisCache(RedisCache):
         super().__init__(server, params)
         self._class = PooledRedisCacheClient
 
-    def incr_with_ttl(self, key: str, timeout: int) -> int:
-        """Create-or-increment a counter and (re)set its expiry, in one round trip."""
-        full = self.make_and_validate_key(key)
-        pipe = self._cache.get_client(full, write=True).pipeline(transaction=False)
-        pipe.incr(full)
-        pipe.expire(full, timeout)
-        return int(pipe.execute()[0])
+    def window_hit(self, previous_key: str, current_key: str, timeout: int, amount: int = 1) -> tuple[int, int]:
+        """Read the previous window's counter and add `amount` to the current one (expiring in `timeout`
+        seconds), in one round trip: (previous count, current count including these hits)."""
+        previous, current = self.make_and_validate_key(previous_key), self.make_and_validate_key(current_key)
+        pipe = self._cache.get_client(current, write=True).pipeline(transaction=False)
+        pipe.get(previous)
+        pipe.incrby(current, amount)
+        pipe.expire(current, timeout)
+        before, after, _ = pipe.execute()
+        return int(before or 0), int(after)

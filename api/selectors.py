@@ -12,7 +12,12 @@ from redis.exceptions import RedisError
 from api.exceptions import InvalidInput, NotFound
 from api.heartbeats import workers_online
 from api.models import Batch, Job, JobStatus
+from api.prepared import PreparedGet
 from workers.store import ModelSpec, get_store
+
+
+# Polls read this row far more often than anything else: its SQL is built once (api/prepared.py).
+_job_by_id_and_owner = PreparedGet(Job, "id", "owner")
 
 
 def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:
@@ -21,7 +26,7 @@ def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:
         uuid = UUID(str(job_id))
     except ValueError as exc:
         raise NotFound(f"No job {job_id!r}: job ids are UUIDs.", code="not_found") from exc
-    job = Job.objects.filter(id=uuid, owner=user).first()
+    job = _job_by_id_and_owner(id=uuid, owner=user.pk)
     if job is None:
         raise NotFound(f"No job {uuid}.", code="not_found")
     return job

@@ -186,7 +186,7 @@ FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -290,6 +290,9 @@ INFERQ_THROTTLE_RATES = {
     "submit": os.environ.get("INFERQ_THROTTLE_SUBMIT", "6000/min"),
     "api": os.environ.get("INFERQ_THROTTLE_API", "30000/min"),
 }
+# Seconds a web process remembers a token that authenticated (api/authentication.py); 0: query every request.
+# A deleted token or deactivated user is refused at once by the process that changed it, elsewhere within this.
+INFERQ_TOKEN_CACHE_SECONDS = env_int("INFERQ_TOKEN_CACHE_SECONDS", 5)
 # /metrics is open unless this is set; then scrapers send `Authorization: Bearer <token>`.
 INFERQ_METRICS_TOKEN = os.environ.get("INFERQ_METRICS_TOKEN", "")
 # Finished jobs (and their results) older than this many days are deleted by beat (0: keep forever).

@@ -27,6 +27,19 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
     set_redis(None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_process_memory() -> Iterator[None]:
+    """What a web process remembers between requests (tokens, throttle tallies) starts empty in each test."""
+    from api.authentication import token_cache_clear
+    from api.throttling import throttle_tallies_clear
+
+    token_cache_clear()
+    throttle_tallies_clear()
+    yield
+    token_cache_clear()
+    throttle_tallies_clear()
+
+
 @pytest.fixture
 def store(tmp_path: Path, settings: Any) -> Path:
     """An empty model store for this test, set as MODEL_STORE."""

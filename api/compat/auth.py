@@ -13,11 +13,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework.authentication import BaseAuthentication, TokenAuthentication
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from api.authentication import CachedTokenAuthentication
 
-class BearerTokenAuthentication(TokenAuthentication):
+
+class BearerTokenAuthentication(CachedTokenAuthentication):
     """`Authorization: Bearer <InferQ token>` (TorchServe's token header)."""
 
     keyword = "Bearer"
@@ -40,7 +42,7 @@ def compat_anonymous_user() -> Any:
     return user
 
 
-COMPAT_AUTHENTICATION = [BearerTokenAuthentication, TokenAuthentication, CompatAnonymousAuthentication]
+COMPAT_AUTHENTICATION = [BearerTokenAuthentication, CachedTokenAuthentication, CompatAnonymousAuthentication]
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

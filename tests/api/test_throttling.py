@@ -87,10 +87,18 @@ class Clock:
         return self.now
 
 
-def test_the_window_slides_rather_than_resetting(user: Any, settings: Any, monkeypatch: Any) -> None:
-    """Just after a window turns over, most of the previous window's requests still count."""
+@pytest.mark.parametrize("backend", ["locmem", "redis"])
+def test_the_window_slides_rather_than_resetting(user: Any, settings: Any, monkeypatch: Any, backend: str) -> None:
+    """Just after a window turns over, most of the previous window's requests still count; refusals do not.
+
+    Both counting paths: Django's generic cache API, and the one-round-trip pipeline on Redis.
+    """
     import api.throttling
 
+    if backend == "redis":
+        from tests.api.test_redis_cache import make_cache
+
+        monkeypatch.setattr(api.throttling, "cache", make_cache()[0])
     settings.INFERQ_THROTTLE_RATES = {"api": "10/min"}
     clock = Clock(60_000.0 * 60 + 30)  # halfway through a minute window
     monkeypatch.setattr(api.throttling.time, "time", clock)
@@ -108,3 +116,59 @@ def test_the_window_slides_rather_than_resetting(user: Any, settings: Any, monke
 
     clock.now += 60  # the old window has slid out entirely
     assert throttle.allow_request(request, None)
+
+
+@pytest.fixture
+def counted_syncs(monkeypatch: Any) -> list[int]:
+    """The shared count's round trips: each entry is how many hits one of them carried. The clock stands still."""
+    import api.throttling
+
+    amounts: list[int] = []
+    real = api.throttling.window_counts
+
+    def spy(*args: Any, amount: int, **kwargs: Any) -> Any:
+        amounts.append(amount)
+        return real(*args, amount=amount, **kwargs)
+
+    monkeypatch.setattr(api.throttling, "window_counts", spy)
+    monkeypatch.setattr(api.throttling.time, "monotonic", lambda: 500.0)
+    monkeypatch.setattr(api.throttling.time, "time", lambda: 3600.0 * 1000 + 1)  # the start of a window
+    return amounts
+
+
+def poll_request(user: Any) -> Any:
+    request = APIRequestFactory().get("/")
+    request.user = user
+    return request
+
+
+def test_far_below_a_large_limit_hits_are_sent_in_bulk(user: Any, settings: Any, counted_syncs: list[int]) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"api": "30000/min"}
+    request, throttle = poll_request(user), CacheRateThrottle()
+
+    assert all(throttle.allow_request(request, None) for _ in range(161))
+
+    assert counted_syncs == [1] + [16] * 10  # the first hit, then one round trip per 16: every hit is counted
+
+
+def test_a_small_limit_is_counted_on_every_hit(user: Any, settings: Any, counted_syncs: list[int]) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"api": "100/min"}
+    request, throttle = poll_request(user), CacheRateThrottle()
+    assert all(throttle.allow_request(request, None) for _ in range(20))
+    assert counted_syncs == [1] * 20
+
+
+def test_processes_tallying_apart_still_stop_at_the_limit(user: Any, settings: Any, counted_syncs: list[int],
+                                                          monkeypatch: Any) -> None:
+    """Two web processes (two tally tables) share one budget of 1000: together they let exactly 1000 through."""
+    import api.throttling
+
+    settings.INFERQ_THROTTLE_RATES = {"api": "1000/min"}
+    request, throttle = poll_request(user), CacheRateThrottle()
+    tables: list[dict[str, Any]] = [{}, {}]
+    allowed = 0
+    for i in range(1200):
+        monkeypatch.setattr(api.throttling, "_tallies", tables[i % 2])
+        allowed += throttle.allow_request(request, None)
+    assert allowed == 1000
+    assert len(counted_syncs) < 1200 - 700  # well below 80% of the limit, most hits were tallied locally

@@ -1,0 +1,52 @@
+"""PreparedGet builds the instance the ORM would have built, from SQL rendered once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from api.models import Batch, Job, JobStatus
+from api.prepared import PreparedGet
+
+pytestmark = pytest.mark.django_db
+
+
+def field_values(job: Job) -> dict[str, Any]:
+    return {f.attname: getattr(job, f.attname) for f in Job._meta.concrete_fields}
+
+
+def test_the_row_equals_the_orms_in_every_field(user: Any, make_job: Any) -> None:
+    job = make_job(b"x")
+    batch = Batch.objects.create(owner=user, name="b")
+    Job.objects.filter(id=job.id).update(
+        status=JobStatus.SUCCEEDED, result={"predictions": [{"index": 3, "probability": 0.5}], "ok": True},
+        started_at=timezone.now(), finished_at=timezone.now(), queue_ms=1.5, inference_ms=2.25, total_ms=4.0,
+        batch_size=4, batch=batch, idempotency_key="k", cached=True, attempts=2)
+
+    prepared = PreparedGet(Job, "id", "owner")(id=job.id, owner=user.pk)
+
+    assert prepared is not None
+    assert field_values(prepared) == field_values(Job.objects.get(id=job.id))
+    assert prepared.result["predictions"][0]["index"] == 3
+    assert prepared._state.adding is False and prepared._state.db == "default"
+
+
+def test_no_row_is_none(user: Any, other_user: Any, make_job: Any) -> None:
+    job = make_job(b"x")
+    get = PreparedGet(Job, "id", "owner")
+    assert get(id=job.id, owner=other_user.pk) is None
+    assert get(id=job.id, owner=user.pk) is not None
+
+
+def test_it_is_one_query(user: Any, make_job: Any) -> None:
+    job = make_job(b"x")
+    get = PreparedGet(Job, "id", "owner")
+    with CaptureQueriesContext(connection) as queries:
+        get(id=job.id, owner=user.pk)
+        get(id=job.id, owner=user.pk)
+    assert len(queries.captured_queries) == 2
+    assert "LIMIT 1" in queries.captured_queries[0]["sql"]
