@@ -15,7 +15,6 @@ from api.models import Batch, Job, JobStatus
 from api.prepared import PreparedGet
 from workers.store import ModelSpec, get_store
 
-
 # Polls read this row far more often than anything else: its SQL is built once (api/prepared.py).
 _job_by_id_and_owner = PreparedGet(Job, "id", "owner")
 
