@@ -31,8 +31,9 @@ class PreparedGet(Generic[M]):
         table = meta.db_table
         columns = meta.concrete_fields
         where = " AND ".join(f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields)
-        sql = (f"SELECT {', '.join(f'{quote(table)}.{quote(c.column)}' for c in columns)} "
-               f"FROM {quote(table)} WHERE {where} LIMIT 1")  # noqa: S608 - names from the model's metadata
+        selected = ", ".join(f"{quote(table)}.{quote(c.column)}" for c in columns)
+        # Only names from the model's own metadata go into the text; values are parameters.
+        sql = f"SELECT {selected} FROM {quote(table)} WHERE {where} LIMIT 1"  # noqa: S608
         converters = []
         for index, field in enumerate(columns):
             col = field.get_col(table)
