@@ -55,21 +55,16 @@ def job_enqueue(*, job: Job, spec: ModelSpec | None = None) -> None:
     Callers stamp `enqueued_at` in the write that precedes this (no second write after publishing:
     on SQLite it would contend with the worker already claiming the job).
     """
+    from api.publish import task_publish
     from project.celery import app
 
-    options: dict[str, Any] = {}
+    limits: dict[str, float] = {}
     if spec is not None and spec.timeout_s:
         # The model's own time limit: soft fails the job with `timeout`, hard recycles the process.
-        options = {"soft_time_limit": float(spec.timeout_s), "time_limit": float(spec.timeout_s) + 10.0}
+        limits = {"soft_time_limit": float(spec.timeout_s), "time_limit": float(spec.timeout_s) + 10.0}
     try:
-        app.send_task(
-            TASK_NAME,
-            kwargs={"job_id": str(job.id), "model": job.model_name},
-            queue=f"inferq.model.{job.model_name}",
-            task_id=str(job.id),
-            retry=True,
-            **options,
-        )
+        task_publish(app, name=TASK_NAME, task_id=str(job.id), kwargs={"job_id": str(job.id), "model": job.model_name},
+                     queue=f"inferq.model.{job.model_name}", **limits)
     except (KombuOperationalError, RedisError, OSError) as exc:
         logger.error("broker unavailable while enqueueing job %s: %s", job.id, exc)
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.",

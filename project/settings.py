@@ -111,7 +111,8 @@ else:
     # on read-then-write transactions. https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's SQLite backend, with concurrent writers queued on a kernel lock (project/sqlite/base.py).
+            "ENGINE": "project.sqlite",
             "NAME": str(VAR_DIR / "db.sqlite3"),
             "OPTIONS": {
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",

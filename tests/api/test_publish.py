@@ -1,0 +1,80 @@
+"""The lean publisher: on Redis, one LPUSH of the message Celery's send_task builds; elsewhere send_task."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from kombu import Connection
+
+from api import publish
+from project.celery import app
+
+
+def test_the_envelope_decodes_as_the_task_celery_would_run() -> None:
+    data = publish.envelope(app, name="inference.run", task_id="t-1", kwargs={"job_id": "t-1", "model": "m"},
+                            queue="inferq.model.m", time_limit=15.0, soft_time_limit=5.0)
+    with Connection("memory://") as conn:
+        channel = conn.default_channel
+        message = channel.Message(json.loads(data), channel=channel)
+        args, kwargs, embed = message.decode()
+
+    assert (args, kwargs) == ([], {"job_id": "t-1", "model": "m"})
+    assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    assert message.headers["task"] == "inference.run" and message.headers["id"] == "t-1"
+    assert message.headers["timelimit"] == [15.0, 5.0]
+    assert message.content_type == "application/json"
+    assert message.delivery_info["routing_key"] == "inferq.model.m"
+    assert message.properties["priority"] == 0  # the plain list, not a priority sub-queue
+    assert message.delivery_tag
+
+
+def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
+    server = fakeredis.FakeRedis()
+    monkeypatch.setattr(publish, "broker_client", lambda app: server)
+
+    publish.task_publish(app, name="inference.run", task_id="t-2", kwargs={"job_id": "t-2"}, queue="inferq.model.x")
+
+    assert server.llen("inferq.model.x") == 1
+    assert json.loads(server.lpop("inferq.model.x"))["headers"]["id"] == "t-2"
+
+
+def test_a_dropped_connection_is_retried_and_a_dead_broker_raises(monkeypatch: Any) -> None:
+    import redis
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.pushed = failures, 0
+
+        def lpush(self, *args: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise redis.ConnectionError("dropped")
+            self.pushed += 1
+
+    monkeypatch.setattr(app.conf, "task_publish_retry_policy", {"max_retries": 1})
+    once = Flaky(1)
+    monkeypatch.setattr(publish, "broker_client", lambda app: once)
+    publish.task_publish(app, name="inference.run", task_id="t-3", kwargs={}, queue="q")
+    assert once.pushed == 1
+
+    dead = Flaky(5)
+    monkeypatch.setattr(publish, "broker_client", lambda app: dead)
+    with pytest.raises(redis.ConnectionError):
+        publish.task_publish(app, name="inference.run", task_id="t-4", kwargs={}, queue="q")
+
+
+def test_only_a_redis_broker_gets_the_lean_path() -> None:
+    from types import SimpleNamespace
+
+    def app_on(url: str) -> Any:
+        return SimpleNamespace(conf=SimpleNamespace(broker_url=url, broker_transport_options={"socket_timeout": 0.5}))
+
+    assert publish.broker_client(app_on("memory://")) is None
+    assert publish.broker_client(app_on("amqp://guest@localhost//")) is None
+    redis_app = app_on("redis://127.0.0.1:1/3")
+    client = publish.broker_client(redis_app)
+    assert client is not None and client is publish.broker_client(redis_app)  # one per process
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
