@@ -41,11 +41,9 @@ def job_channel(job_id: Any) -> str:
 
 def job_event_publish(job: Job) -> None:
     """Announce that `job` ended and count it for /metrics; a Redis error is logged, never raised."""
+    metrics_record_finished(job)
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        metrics_record_finished(pipe, job)
-        pipe.publish(job_channel(job.id), str(job.status))
-        pipe.execute()
+        get_redis().publish(job_channel(job.id), str(job.status))
     except RedisError as exc:
         logger.warning("could not publish the end of job %s: %s", job.id, exc,
                        extra={"job_id": str(job.id), "model": job.model_name, "status": str(job.status)})
@@ -85,6 +83,10 @@ def clamp_wait(seconds: float) -> float:
 
 
 def _refresh(jobs: list[Job]) -> list[Job]:
+    if len(jobs) == 1:
+        from api.selectors import job_by_id
+
+        return [job_by_id(id=jobs[0].id) or jobs[0]]
     fresh = {job.id: job for job in Job.objects.filter(id__in=[j.id for j in jobs])}
     return [fresh.get(job.id, job) for job in jobs]
 

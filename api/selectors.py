@@ -15,8 +15,9 @@ from api.models import Batch, Job, JobStatus
 from api.prepared import PreparedGet
 from workers.store import ModelSpec, get_store
 
-# Polls read this row far more often than anything else: its SQL is built once (api/prepared.py).
+# Polls, waits and workers read one job row far more often than anything else: SQL built once (api/prepared.py).
 _job_by_id_and_owner = PreparedGet(Job, "id", "owner")
+job_by_id = PreparedGet(Job, "id")
 
 
 def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:

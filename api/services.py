@@ -22,6 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
+from api.selectors import job_by_id
 from workers.store import ModelSpec, StoreError, get_store
 
 logger = logging.getLogger("inferq.jobs")
@@ -218,6 +219,9 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     worker: it is claimed again, and after INFERQ_MAX_ATTEMPTS claims it fails with `worker_lost`.
     """
     now = timezone.now()
+    job = _job_claim_fresh(job_id=job_id, worker=worker, now=now)
+    if job is not None:
+        return job
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status not in ACTIVE_STATUSES:
@@ -229,6 +233,22 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
             return None
         _claim(job, worker=worker, now=now)
         job.save(update_fields=_CLAIM_FIELDS)
+    logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
+                                      "queue_ms": job.queue_ms, "attempt": job.attempts})
+    return job
+
+
+def _job_claim_fresh(*, job_id: str | UUID, worker: str, now: datetime) -> Job | None:
+    """The common case in two statements and no explicit transaction: a queued first attempt, claimed by an
+    update that only applies while the row is still exactly as read. None: take the careful path."""
+    job = job_by_id(id=job_id)
+    if job is None or job.status != JobStatus.QUEUED or job.attempts != 0:
+        return None
+    _claim(job, worker=worker, now=now)
+    claimed = Job.objects.filter(id=job.id, status=JobStatus.QUEUED, attempts=0).update(
+        **{name: getattr(job, name) for name in _CLAIM_FIELDS})
+    if not claimed:
+        return None
     logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
                                       "queue_ms": job.queue_ms, "attempt": job.attempts})
     return job

@@ -29,15 +29,16 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
 
 @pytest.fixture(autouse=True)
 def fresh_process_memory() -> Iterator[None]:
-    """What a web process remembers between requests (tokens, throttle tallies) starts empty in each test."""
+    """What a process remembers between requests (tokens, throttle tallies, unsent metrics) starts empty."""
     from api.authentication import token_cache_clear
+    from api.metrics import metrics_tally_clear
     from api.throttling import throttle_tallies_clear
 
-    token_cache_clear()
-    throttle_tallies_clear()
+    for clear in (token_cache_clear, throttle_tallies_clear, metrics_tally_clear):
+        clear()
     yield
-    token_cache_clear()
-    throttle_tallies_clear()
+    for clear in (token_cache_clear, throttle_tallies_clear, metrics_tally_clear):
+        clear()
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def export_digits(store: ModelStore, *, name: str = "digits", version: str | Non
     manifest: dict[str, Any] = {
         "name": name, "version": version, "handler": "image_classifier", "architecture": "digits_mlp",
         "format": fmt, "weights": filename, "input": DIGITS_INPUT, "labels": [str(i) for i in range(10)],
-        "top_k": 3, "batch_size": 32, "batch_delay_ms": 2, "threads": None, "timeout_s": 30,
+        "top_k": 3, "batch_size": 32, "batch_delay_ms": 2, "threads": 1, "timeout_s": 30,
         "description": "MLP trained on scikit-learn's handwritten digits (8x8); send a PNG/JPEG of one digit",
         "holdout": {"seed": digits.SEED, "fraction": digits.HOLDOUT_FRACTION, "size": len(digits.split()[3])},
     }

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import close_old_connections
 
 from api.models import Job
 from api.services import job_claim_queued, job_fail, job_start, job_succeed
@@ -46,6 +47,8 @@ def run_job(job_id: str) -> None:
     Everything that can go wrong with one job ends as that job's error, never the worker's.
     """
     worker = _state["hostname"]
+    # Connections are kept between jobs (celeryconfig's CELERY_DB_REUSE_MAX); drop one that broke or aged out.
+    close_old_connections()
     job = job_start(job_id=job_id, worker=worker)
     if job is None:
         logger.debug("job skipped (ended, canceled, or held by another worker)", extra={"job_id": job_id})
@@ -71,6 +74,8 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
     except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
         return []
     wanted = spec.batch_size - 1
+    if wanted <= 0 or not messages_waiting(spec.queue):
+        return []  # nothing else queued for this model: no need to ask the database
     deadline = time.monotonic() + spec.batch_delay_ms / 1000.0
     extra: list[Job] = []
     while wanted > len(extra):
@@ -81,6 +86,23 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
             break
         time.sleep(min(0.001, remaining))
     return extra
+
+
+def messages_waiting(queue: str) -> bool:
+    """Whether the model's broker queue holds messages: one cheap round trip instead of a query per lone job.
+
+    True when the broker cannot say (not Redis, or a blip): then the database decides, as before.
+    """
+    from api.publish import broker_client
+    from project.celery import app
+
+    client = broker_client(app)
+    if client is None:
+        return True
+    try:
+        return bool(client.llen(queue))
+    except Exception:  # noqa: BLE001 - an optimisation only; the claim query is the authority
+        return True
 
 
 def run_claimed(jobs: list[Job]) -> None:

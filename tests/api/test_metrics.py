@@ -123,3 +123,22 @@ def test_a_metrics_token_is_required_when_configured(echo_model: Path, fake_redi
     assert_error(APIClient().get("/metrics"), 401, "not_authenticated")
     assert_error(APIClient().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong"), 401, "not_authenticated")
     assert "inferq_jobs" in scrape(HTTP_AUTHORIZATION="Bearer s3cret")
+
+
+def test_counts_are_sent_in_bulk_and_not_lost_when_redis_blinks(finished_jobs: list[Job], fake_redis: Any,
+                                                                monkeypatch: Any) -> None:
+    """Ended jobs are counted in the process and reach Redis together; a failed send keeps them for the next."""
+    import api.metrics
+
+    monkeypatch.setattr(fake_redis, "pipeline", lambda **kw: (_ for _ in ()).throw(redis.ConnectionError("down")))
+    with pytest.raises(redis.ConnectionError):
+        api.metrics.metrics_flush()
+    monkeypatch.undo()
+
+    api.metrics.metrics_flush()
+
+    sent = fake_redis.hgetall(api.metrics.model_key("echo"))
+    assert sent[b"jobs:succeeded"] == b"3" and sent[b"jobs:failed"] == b"1" and sent[b"cache_hits"] == b"1"
+    assert sent[b"batch:count"] == b"2"
+    api.metrics.metrics_flush()  # nothing left: a second send adds nothing
+    assert fake_redis.hgetall(api.metrics.model_key("echo")) == sent
