@@ -1,0 +1,168 @@
+"""project.sqlite queues concurrent writers on a flock, so none sees "database is locked" even with no busy timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db.utils import ConnectionHandler
+
+THREADS, EACH = 8, 25
+INSERT = "INSERT INTO t (k) VALUES ('row')"
+COUNT = "SELECT count(*) FROM t"
+
+
+def handler_for(name: str) -> ConnectionHandler:
+    """Busy timeout 0: a writer that finds SQLite's write lock taken fails at once instead of retrying."""
+    options = {"timeout": 0, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    return ConnectionHandler({"default": {"ENGINE": "project.sqlite", "NAME": name, "OPTIONS": options}})
+
+
+@pytest.fixture(autouse=True)
+def db_access(django_db_blocker: Any) -> Iterator[None]:
+    with django_db_blocker.unblock():  # these tests open their own connections, not the test database
+        yield
+
+
+@pytest.fixture
+def handler(tmp_path: Path) -> Iterator[ConnectionHandler]:
+    """A WAL file database; the main thread's connection stays open throughout, as a server's would."""
+    handler = handler_for(str(tmp_path / "db.sqlite3"))
+    main = handler["default"]
+    main.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, n INTEGER NOT NULL DEFAULT 0)")
+    main.cursor().execute("INSERT INTO t (k) VALUES ('counter')")
+    yield handler
+    main.close()
+
+
+@contextmanager
+def write_transaction(w: Any) -> Iterator[Any]:
+    """What atomic() does around its block: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on an exception."""
+    w.set_autocommit(False, force_begin_transaction_with_broken_autocommit=True)
+    try:
+        yield w.cursor()
+    except BaseException:
+        w.rollback()
+        raise
+    else:
+        w.commit()
+    finally:
+        w.set_autocommit(True)
+
+
+def start(handler: ConnectionHandler, work: Callable[[Any], None], errors: list[Exception]) -> threading.Thread:
+    """Runs work on the thread's own connection (ConnectionHandler keeps one per thread), then closes it."""
+    def run() -> None:
+        w = handler["default"]
+        try:
+            work(w)
+        except Exception as error:
+            errors.append(error)
+        finally:
+            w.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_all(handler: ConnectionHandler, works: list[Callable[[Any], None]]) -> list[Exception]:
+    errors: list[Exception] = []
+    barrier = threading.Barrier(len(works))
+
+    def together(work: Callable[[Any], None]) -> Callable[[Any], None]:
+        def connected_then_work(w: Any) -> None:
+            w.ensure_connection()
+            barrier.wait()  # every thread connected, so they all start writing at once
+            work(w)
+
+        return connected_then_work
+
+    threads = [start(handler, together(work), errors) for work in works]
+    deadline = time.monotonic() + 5
+    for thread in threads:
+        thread.join(timeout=max(0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads)
+    return errors
+
+
+def transactions(w: Any) -> None:
+    for _ in range(EACH):
+        with write_transaction(w) as cursor:
+            cursor.execute(INSERT)
+            time.sleep(0.001)  # hold SQLite's write lock long enough that the others run into it
+
+
+def autocommit_writes(w: Any) -> None:
+    for _ in range(EACH):
+        w.cursor().execute("UPDATE t SET n = n + 1 WHERE k = 'counter'")
+        time.sleep(0.001)
+
+
+def scalar(handler: ConnectionHandler, sql: str) -> Any:
+    return handler["default"].cursor().execute(sql).fetchone()[0]
+
+
+def test_concurrent_write_transactions_queue_instead_of_failing(handler: ConnectionHandler) -> None:
+    assert run_all(handler, [transactions] * THREADS) == []
+    assert scalar(handler, COUNT) == 1 + THREADS * EACH
+
+
+def test_autocommit_writes_queue_with_write_transactions(handler: ConnectionHandler) -> None:
+    half = THREADS // 2
+    assert run_all(handler, [autocommit_writes] * half + [transactions] * half) == []
+    assert scalar(handler, "SELECT n FROM t WHERE k = 'counter'") == half * EACH
+    assert scalar(handler, COUNT) == 1 + half * EACH
+
+
+def test_a_writer_waits_for_an_open_transaction_and_a_reader_does_not(handler: ConnectionHandler) -> None:
+    errors: list[Exception] = []
+    seen: list[int] = []
+    with write_transaction(handler["default"]) as cursor:
+        cursor.execute(INSERT)
+        reader = start(handler, lambda w: seen.append(w.cursor().execute(COUNT).fetchone()[0]), errors)
+        reader.join(timeout=2)
+        assert not reader.is_alive() and seen == [1]  # the snapshot from before this transaction
+        writer = start(handler, transactions, errors)
+        time.sleep(0.2)
+        assert writer.is_alive() and errors == []  # queued on the lock, not failed with "database is locked"
+    writer.join(timeout=5)
+    assert not writer.is_alive() and errors == []
+    assert scalar(handler, COUNT) == 2 + EACH
+
+
+def test_the_lock_is_released_after_a_rollback_an_exception_or_an_autocommit_write(handler: ConnectionHandler) -> None:
+    main = handler["default"]
+
+    def rolled_back() -> None:
+        main.set_autocommit(False, force_begin_transaction_with_broken_autocommit=True)
+        main.cursor().execute(INSERT)
+        main.rollback()
+        main.set_autocommit(True)
+
+    def raised() -> None:
+        with pytest.raises(RuntimeError), write_transaction(main) as cursor:
+            cursor.execute(INSERT)
+            raise RuntimeError
+
+    for then in (rolled_back, raised, lambda: main.cursor().execute(INSERT)):
+        then()  # main's connection stays open: only the release, not a close, can let the next writer in
+        errors: list[Exception] = []
+        writer = start(handler, lambda w: w.cursor().execute(INSERT), errors)
+        writer.join(timeout=2)
+        assert not writer.is_alive() and errors == []
+    assert scalar(handler, COUNT) == 1 + 1 + 3
+
+
+def test_an_in_memory_database_takes_no_lock(handler: ConnectionHandler) -> None:
+    memory = handler_for(":memory:")["default"]
+    memory.ensure_connection()
+    assert memory._write_lock is None and handler["default"]._write_lock is not None
+    memory.cursor().execute("CREATE TABLE t (x INTEGER)")
+    memory.cursor().execute("INSERT INTO t VALUES (1)")
+    memory.close()
