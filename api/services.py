@@ -219,14 +219,19 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     worker: it is claimed again, and after INFERQ_MAX_ATTEMPTS claims it fails with `worker_lost`.
     """
     now = timezone.now()
-    job = _job_claim_fresh(job_id=job_id, worker=worker, now=now)
-    if job is not None:
-        return job
+    # Most deliveries are decided by one plain read: a first attempt still queued is claimed by an update
+    # guarded on the row being unchanged; a job that ended, or that a live worker took into its batch (its
+    # message arrives after it), is skipped. Only the rest (a lease that ran out) takes a locked transaction.
+    seen = job_by_id(id=job_id)
+    if seen is None or _held_or_ended(seen, now):
+        return None
+    if seen.status == JobStatus.QUEUED and seen.attempts == 0:
+        job = _job_claim_unchanged(seen, worker=worker, now=now)
+        if job is not None:
+            return job
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
-        if job is None or job.status not in ACTIVE_STATUSES:
-            return None
-        if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
+        if job is None or _held_or_ended(job, now):
             return None
         if job.attempts >= settings.INFERQ_MAX_ATTEMPTS:
             _fail_worker_lost(job, now)
@@ -238,12 +243,14 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     return job
 
 
-def _job_claim_fresh(*, job_id: str | UUID, worker: str, now: datetime) -> Job | None:
-    """The common case in two statements and no explicit transaction: a queued first attempt, claimed by an
-    update that only applies while the row is still exactly as read. None: take the careful path."""
-    job = job_by_id(id=job_id)
-    if job is None or job.status != JobStatus.QUEUED or job.attempts != 0:
-        return None
+def _held_or_ended(job: Job, now: datetime) -> bool:
+    if job.status not in ACTIVE_STATUSES:
+        return True
+    return job.status == JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > now
+
+
+def _job_claim_unchanged(job: Job, *, worker: str, now: datetime) -> Job | None:
+    """Claim a queued first attempt with one update that applies only while the row is as it was read."""
     _claim(job, worker=worker, now=now)
     claimed = Job.objects.filter(id=job.id, status=JobStatus.QUEUED, attempts=0).update(
         **{name: getattr(job, name) for name in _CLAIM_FIELDS})

@@ -1,7 +1,8 @@
 """The physical limit: decode + preprocess + forward in one in-process loop (run as a subprocess).
 
 `python -m bench.limit STORE MODEL --batch-sizes 1,4,8 --images N` prints JSON:
-images/s per batch size, and single-input latencies for `--latency N`.
+images/s per batch size, the wall-clock start and end of the last one's loop, and single-input
+latencies for `--latency N`.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def main() -> None:
     out: dict[str, object] = {"threads": args.threads, "rates": {}}
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         handler.run_batch(items[:bs])  # warm this shape
+        out["started"] = time.time()
         started = time.perf_counter()
         for i in range(0, len(items), bs):
             handler.run_batch(items[i:i + bs])
         out["rates"][bs] = len(items) / (time.perf_counter() - started)  # type: ignore[index]
+        out["finished"] = time.time()
     if args.latency:
         times = []
         for i in range(args.latency):
