@@ -114,7 +114,7 @@ def jobs_wait_held(*, jobs: list[Job], timeout: float) -> list[Job]:
     deadline = time.monotonic() + timeout
     pending = [job for job in jobs if not job.is_final]
     by_id = {str(job.id): job for job in jobs}
-    pubsub = get_redis().pubsub()
+    pubsub = _pubsub_for_thread()
     try:
         pubsub.subscribe(*[job_channel(job.id) for job in pending])
         _await_subscriptions(pubsub, len(pending), deadline)
@@ -134,14 +134,48 @@ def jobs_wait_held(*, jobs: list[Job], timeout: float) -> list[Job]:
     except RedisError as exc:
         # No events without Redis: answer with the rows as they are now.
         logger.warning("waiting on jobs without Redis: %s", exc)
+        _pubsub_discard()
         for job in _refresh(list(by_id.values())):
             by_id[str(job.id)] = job
-    finally:
+    else:
+        _pubsub_release(pubsub)
+    return [by_id[str(job.id)] for job in jobs]
+
+
+_local = threading.local()
+
+
+def _pubsub_for_thread() -> Any:
+    """This web thread's subscriber connection, kept between waits.
+
+    Closing a PubSub closes its socket, so each wait used to open a fresh connection to Redis (a
+    TCP handshake and redis-py's greeting); a thread waits on one job at a time, so it keeps one.
+    """
+    client = get_redis()
+    pubsub = getattr(_local, "pubsub", None)
+    if pubsub is None or getattr(_local, "client", None) is not client:
+        _pubsub_discard()
+        pubsub = _local.pubsub = client.pubsub()
+        _local.client = client
+    return pubsub
+
+
+def _pubsub_release(pubsub: Any) -> None:
+    """Unsubscribe for the next wait (its confirmations, read then, are ignored); a broken one is dropped."""
+    try:
+        pubsub.unsubscribe()
+    except RedisError:
+        _pubsub_discard()
+
+
+def _pubsub_discard() -> None:
+    pubsub = getattr(_local, "pubsub", None)
+    _local.pubsub = None
+    if pubsub is not None:
         try:
             pubsub.close()
         except RedisError:
             pass
-    return [by_id[str(job.id)] for job in jobs]
 
 
 def job_wait(*, job: Job, timeout: float) -> tuple[Job, bool]:

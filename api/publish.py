@@ -35,7 +35,7 @@ def broker_client(app: Any) -> redis.Redis | None:
             client = _clients.get(url) or redis.Redis.from_url(
                 url, socket_timeout=options.get("socket_timeout"),
                 socket_connect_timeout=options.get("socket_connect_timeout"),
-                retry_on_timeout=False, health_check_interval=30)
+                retry_on_timeout=False, health_check_interval=30, lib_name=None, lib_version=None)
             _clients[url] = client
     return client
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,16 @@ def write_manifest(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path / MANIFEST)
 
 
+# Every submit and every job looks its model up; rescanning the directory and parsing the manifest each
+# time cost a tenth of a small job. Listings are reused while their directory is unchanged (at most one
+# second, for file systems with coarse timestamps), manifests while their file is unchanged.
+LISTING_SECONDS = 1.0
+_listings: dict[Path, tuple[int, float, list[str]]] = {}  # directory -> (mtime_ns, read at, versions)
+_manifests: dict[Path, tuple[tuple[int, int], ModelSpec]] = {}  # version dir -> ((mtime_ns, size), spec)
+
+
 class ModelStore:
-    """Reads the store directory; cheap enough to rescan on every call."""
+    """Reads the store directory; what it read is reused until the files change (see LISTING_SECONDS)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -156,10 +165,19 @@ class ModelStore:
 
     def versions(self, name: str) -> list[str]:
         base = self.root / name
-        if not NAME_RE.match(name) or not base.is_dir():
+        if not NAME_RE.match(name):
             return []
-        found = [p.name for p in base.iterdir() if (p / MANIFEST).is_file()]
-        return sorted(found, key=_version_key)
+        try:
+            mtime = base.stat().st_mtime_ns
+        except OSError:
+            return []
+        now = time.monotonic()
+        seen = _listings.get(base)
+        if seen is not None and seen[0] == mtime and now - seen[1] < LISTING_SECONDS:
+            return list(seen[2])
+        found = sorted((p.name for p in base.iterdir() if (p / MANIFEST).is_file()), key=_version_key)
+        _listings[base] = (mtime, now, found)
+        return list(found)
 
     def get(self, name: str, version: str | None = None) -> ModelSpec:
         versions = self.versions(name)
@@ -169,7 +187,18 @@ class ModelStore:
             version = versions[-1]
         elif version not in versions:
             raise StoreError(f"model {name!r} has no version {version!r} (has {', '.join(versions)})")
-        return read_manifest(self.root / name / version)
+        path = self.root / name / version
+        try:
+            stat = (path / MANIFEST).stat()
+        except OSError as exc:
+            raise StoreError(f"model {name!r} version {version!r} has no readable manifest: {exc}") from exc
+        key = (stat.st_mtime_ns, stat.st_size)
+        seen = _manifests.get(path)
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        spec = read_manifest(path)
+        _manifests[path] = (key, spec)
+        return spec
 
     def latest(self) -> list[ModelSpec]:
         specs = []

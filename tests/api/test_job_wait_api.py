@@ -129,6 +129,26 @@ def test_a_waiter_wakes_on_the_event(make_job: Any, fake_redis: Any) -> None:
     assert ended.result == {"answer": 42}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_thread_keeps_its_subscriber_connection_between_waits(make_job: Any, fake_redis: Any) -> None:
+    """A second wait in the same web thread reuses the first one's connection, and still wakes on its event."""
+    import api.events
+
+    first = make_job(b"first")
+    assert job_wait(job=first, timeout=0.05)[0].status == JobStatus.QUEUED
+    pubsub = api.events._local.pubsub
+    connection = pubsub.connection
+    assert connection is not None  # released for reuse, not closed
+
+    second = make_job(b"second")
+    worker = finish_when_subscribed(fake_redis, second.id, result={"again": True})
+    [ended] = jobs_wait_held(jobs=[second], timeout=10)
+    worker.join(5)
+
+    assert ended.status == JobStatus.SUCCEEDED and ended.result == {"again": True}
+    assert api.events._local.pubsub is pubsub and pubsub.connection is connection
+
+
 @pytest.mark.django_db
 def test_an_end_before_the_subscription_is_not_lost(make_job: Any, fake_redis: Any) -> None:
     """The row is re-read after subscribing: a job that ended in between (no event seen) returns at once."""

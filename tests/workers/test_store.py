@@ -119,3 +119,19 @@ def test_write_manifest_round_trips(tmp_path: Path) -> None:
     write_manifest(tmp_path / "echo" / "1", {**ECHO, "version": "1"})
     assert not list(tmp_path.rglob("*.tmp"))
     assert read_manifest(tmp_path / "echo" / "1").handler == "echo"
+
+
+def test_a_lookup_is_reused_until_the_files_change(tmp_path: Path) -> None:
+    entry = write_entry(tmp_path, {"name": "m", "version": "1", "handler": "echo", "input": {}, "batch_size": 4})
+    store = ModelStore(tmp_path)
+
+    first = store.get("m")
+    assert store.get("m") is first  # unchanged files: the parsed manifest is reused
+
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (entry / "manifest.json").write_text(json.dumps({**manifest, "batch_size": 16}))  # edited in place
+    assert store.get("m").batch_size == 16
+
+    write_entry(tmp_path, {"name": "m", "version": "2", "handler": "echo", "input": {}})
+    assert store.versions("m") == ["1", "2"]  # a new version shows at once
+    assert store.get("m").version == "2"
