@@ -22,6 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
+from api.prepared import update_where
 from api.selectors import job_by_id
 from workers.store import ModelSpec, StoreError, get_store
 
@@ -252,8 +253,8 @@ def _held_or_ended(job: Job, now: datetime) -> bool:
 def _job_claim_unchanged(job: Job, *, worker: str, now: datetime) -> Job | None:
     """Claim a queued first attempt with one update that applies only while the row is as it was read."""
     _claim(job, worker=worker, now=now)
-    claimed = Job.objects.filter(id=job.id, status=JobStatus.QUEUED, attempts=0).update(
-        **{name: getattr(job, name) for name in _CLAIM_FIELDS})
+    claimed = update_where(Job, values={name: getattr(job, name) for name in _CLAIM_FIELDS},
+                           exact={"id": job.id, "status": JobStatus.QUEUED, "attempts": 0})
     if not claimed:
         return None
     logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
@@ -328,7 +329,7 @@ def job_requeue_orphans() -> dict[str, int]:
 def _finish(job: Job, **fields: Any) -> bool:
     now = timezone.now()
     fields.update(finished_at=now, total_ms=_ms(job.created_at, now), lease_expires_at=None)
-    updated = Job.objects.filter(id=job.id, status__in=ACTIVE_STATUSES).update(**fields)
+    updated = update_where(Job, values=fields, exact={"id": job.id}, within={"status": ACTIVE_STATUSES})
     if updated:
         for name, value in fields.items():
             setattr(job, name, value)

@@ -50,3 +50,33 @@ def test_it_is_one_query(user: Any, make_job: Any) -> None:
         get(id=job.id, owner=user.pk)
     assert len(queries.captured_queries) == 2
     assert "LIMIT 1" in queries.captured_queries[0]["sql"]
+
+
+SKIP = {"id", "input", "input_sha256", "created_at", "enqueued_at"}  # what differs between two jobs anyway
+
+
+def test_update_where_writes_what_the_orm_would(user: Any, make_job: Any) -> None:
+    from api.prepared import update_where
+
+    job, twin = make_job(b"x"), make_job(b"y")
+    now = timezone.now()
+    values = {"status": JobStatus.SUCCEEDED, "result": {"top": [1, 2], "label": "ü"}, "finished_at": now,
+              "total_ms": 12.5, "lease_expires_at": None, "error_code": ""}
+
+    changed = update_where(Job, values=values, exact={"id": job.id}, within={"status": ("queued", "running")})
+    Job.objects.filter(id=twin.id).update(**values)
+
+    assert changed == 1
+    written, expected = Job.objects.get(id=job.id), Job.objects.get(id=twin.id)
+    assert {k: v for k, v in field_values(written).items() if k not in SKIP} == \
+        {k: v for k, v in field_values(expected).items() if k not in SKIP}
+    assert written.result == {"top": [1, 2], "label": "ü"} and written.finished_at == now
+
+
+def test_update_where_changes_nothing_when_a_condition_fails(make_job: Any) -> None:
+    from api.prepared import update_where
+
+    job = make_job(b"x")
+    assert update_where(Job, values={"worker": "w"}, exact={"id": job.id, "attempts": 5}) == 0
+    assert update_where(Job, values={"worker": "w"}, exact={"id": job.id}, within={"status": ("failed",)}) == 0
+    assert Job.objects.get(id=job.id).worker == ""
