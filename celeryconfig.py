@@ -12,6 +12,9 @@ _REDIS_URL = _redis_url()
 
 # The broker is Redis; CELERY_BROKER_URL overrides it (tests use memory://).
 broker_url = os.environ.get("CELERY_BROKER_URL") or _REDIS_URL
+# On Redis, kombu's transport with one client per connection pool (project/broker.py) instead of one per operation.
+if broker_url.startswith(("redis://", "rediss://")):
+    broker_transport = "project.broker:Transport"
 # Fail fast when Redis is down so the API can answer 503 instead of hanging (uwsgi.ini lowers it for the web).
 broker_connection_timeout = float(os.environ.get("INFERQ_BROKER_CONNECT_TIMEOUT", "2"))
 broker_connection_retry_on_startup = True

@@ -73,7 +73,8 @@ def test_digits_served_predictions_match_and_reach_manifest_accuracy(service: Se
         assert served_top["index"] == handler(png, "image/png")["predictions"][0]["index"]
         correct += served_top["index"] == label
     accuracy = correct / len(pairs)
-    assert accuracy >= manifest.extra["accuracy"] - 1e-9, (accuracy, manifest.extra["accuracy"])
+    # The manifest keeps the held-out accuracy rounded to 4 places (448/450 = 0.99556 is written 0.9956).
+    assert accuracy >= manifest.extra["accuracy"] - 0.5e-4, (accuracy, manifest.extra["accuracy"])
     assert accuracy > 0.9
 
 
