@@ -125,7 +125,7 @@ def main() -> int:
     args = parser.parse_args()
     quick = args.quick
     main_model, big_model = ("mobilenet_v3_small", "resnet18") if quick else ("resnet50", "resnet152")
-    n_main, n_big, n_base = (8, 4, 2) if quick else (96, 24, 8)
+    n_main, n_big, n_base = (8, 4, 2) if quick else (160, 24, 8)
     api_seconds = 1.0 if quick else 5.0
     size = (160, 120) if quick else (640, 480)
     store = ROOT / "var" / "bench" / "store"
