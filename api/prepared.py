@@ -98,3 +98,31 @@ def update_where(model: type[models.Model], *, values: dict[str, Any], exact: di
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
+
+
+_inserts: dict[tuple[Any, str], str] = {}
+
+
+def insert_row(obj: models.Model) -> None:
+    """`obj.save(force_insert=True)` for a row whose primary key is set in Python (a UUID default), as one
+    INSERT built once per model: each field's `pre_save` runs (auto_now_add, file fields), no signals are sent.
+
+    Outside a transaction the INSERT commits by itself, so a duplicate key (IntegrityError) leaves nothing
+    behind; inside one, the caller's `atomic()` decides.
+    """
+    model = type(obj)
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    fields = model._meta.concrete_fields
+    key = (model, connection.vendor)
+    sql = _inserts.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(f.column) for f in fields)
+        marks = ", ".join(["%s"] * len(fields))
+        sql = _inserts[key] = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    obj._state.adding = False
+    obj._state.db = alias

@@ -22,7 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
-from api.prepared import update_where
+from api.prepared import insert_row, update_where
 from api.selectors import job_by_id
 from workers.store import ModelSpec, StoreError, get_store
 
@@ -139,8 +139,11 @@ def job_create(
     job.created_at = job.enqueued_at = timezone.now()
     job.input.save(str(job.id), ContentFile(model_input.data), save=False)
     try:
-        with transaction.atomic():
-            job.save(force_insert=True)
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():  # a savepoint, so a duplicate key leaves the caller's transaction usable
+                insert_row(job)
+        else:
+            insert_row(job)
     except IntegrityError:
         job.input.delete(save=False)
         if idempotency_key:

@@ -80,3 +80,35 @@ def test_update_where_changes_nothing_when_a_condition_fails(make_job: Any) -> N
     assert update_where(Job, values={"worker": "w"}, exact={"id": job.id, "attempts": 5}) == 0
     assert update_where(Job, values={"worker": "w"}, exact={"id": job.id}, within={"status": ("failed",)}) == 0
     assert Job.objects.get(id=job.id).worker == ""
+
+
+def new_job(owner: Any, **fields: Any) -> Job:
+    return Job(owner=owner, model_name="echo", model_version="1", input_content_type="text/plain", input_size=1,
+               input_sha256="0" * 64, **fields)
+
+
+def test_insert_row_stores_what_save_would(user: Any) -> None:
+    from api.prepared import insert_row
+
+    mine, theirs = new_job(user, idempotency_key="a"), new_job(user, idempotency_key="b")
+    insert_row(mine)
+    theirs.save(force_insert=True)
+
+    assert mine._state.adding is False
+    stored, saved = Job.objects.get(id=mine.id), Job.objects.get(id=theirs.id)
+    skip = SKIP | {"idempotency_key"}
+    assert {k: v for k, v in field_values(stored).items() if k not in skip} == \
+        {k: v for k, v in field_values(saved).items() if k not in skip}
+    assert stored.created_at is not None and stored.status == JobStatus.QUEUED  # auto_now_add and defaults
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_row_outside_a_transaction_refuses_a_duplicate_key_and_keeps_nothing(user: Any) -> None:
+    from django.db import IntegrityError
+
+    from api.prepared import insert_row
+
+    insert_row(new_job(user, idempotency_key="same"))
+    with pytest.raises(IntegrityError):
+        insert_row(new_job(user, idempotency_key="same"))
+    assert Job.objects.filter(owner=user).count() == 1
