@@ -53,22 +53,19 @@ class LockingCursorWrapper(base.SQLiteCursorWrapper):
     write_lock: WriteLock | None = None
 
     def execute(self, query: str, params: Any = None) -> Any:
-        lock = self.write_lock
-        if lock is None or lock.held or self.connection.in_transaction or not _is_write(query):
-            return super().execute(query, params)
-        lock.acquire()
-        try:
-            return super().execute(query, params)
-        finally:
-            lock.release()
+        return self._under_write_lock(query, super().execute, params)
 
     def executemany(self, query: str, param_list: Any) -> Any:
+        return self._under_write_lock(query, super().executemany, param_list)
+
+    def _under_write_lock(self, query: str, run: Any, params: Any) -> Any:
+        """Run a write statement outside a transaction holding the lock; anything else as it is."""
         lock = self.write_lock
         if lock is None or lock.held or self.connection.in_transaction or not _is_write(query):
-            return super().executemany(query, param_list)
+            return run(query, params)
         lock.acquire()
         try:
-            return super().executemany(query, param_list)
+            return run(query, params)
         finally:
             lock.release()
 
