@@ -229,19 +229,19 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     seen = job_by_id(id=job_id)
     if seen is None or _held_or_ended(seen, now):
         return None
-    if seen.status == JobStatus.QUEUED and seen.attempts == 0:
-        job = _job_claim_unchanged(seen, worker=worker, now=now)
-        if job is not None:
-            return job
-    with transaction.atomic():
-        job = Job.objects.select_for_update().filter(id=job_id).first()
-        if job is None or _held_or_ended(job, now):
-            return None
-        if job.attempts >= settings.INFERQ_MAX_ATTEMPTS:
-            _fail_worker_lost(job, now)
-            return None
-        _claim(job, worker=worker, now=now)
-        job.save(update_fields=_CLAIM_FIELDS)
+    if seen.status == JobStatus.QUEUED and seen.attempts == 0 and _claimed_unchanged(seen, worker=worker, now=now):
+        job = seen
+    else:
+        with transaction.atomic():
+            locked = Job.objects.select_for_update().filter(id=job_id).first()
+            if locked is None or _held_or_ended(locked, now):
+                return None
+            if locked.attempts >= settings.INFERQ_MAX_ATTEMPTS:
+                _fail_worker_lost(locked, now)
+                return None
+            _claim(locked, worker=worker, now=now)
+            locked.save(update_fields=_CLAIM_FIELDS)
+        job = locked
     logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
                                       "queue_ms": job.queue_ms, "attempt": job.attempts})
     return job
@@ -253,16 +253,11 @@ def _held_or_ended(job: Job, now: datetime) -> bool:
     return job.status == JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > now
 
 
-def _job_claim_unchanged(job: Job, *, worker: str, now: datetime) -> Job | None:
+def _claimed_unchanged(job: Job, *, worker: str, now: datetime) -> bool:
     """Claim a queued first attempt with one update that applies only while the row is as it was read."""
     _claim(job, worker=worker, now=now)
-    claimed = update_where(Job, values={name: getattr(job, name) for name in _CLAIM_FIELDS},
-                           exact={"id": job.id, "status": JobStatus.QUEUED, "attempts": 0})
-    if not claimed:
-        return None
-    logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
-                                      "queue_ms": job.queue_ms, "attempt": job.attempts})
-    return job
+    return bool(update_where(Job, values={name: getattr(job, name) for name in _CLAIM_FIELDS},
+                             exact={"id": job.id, "status": JobStatus.QUEUED, "attempts": 0}))
 
 
 def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit: int) -> list[Job]:

@@ -217,3 +217,18 @@ def test_queue_bound_is_exact_near_the_limit_and_counts_are_reused_far_from_it(
                            input_sha256=payload.hex())
     with pytest.raises(Overloaded):
         check_queue_capacity(spec=spec)  # near the bound every submit recounts
+
+
+def test_a_claim_made_between_read_and_update_is_not_overwritten(make_job: Any, monkeypatch: Any) -> None:
+    """Two workers read the job queued; the second one's guarded update finds it changed and backs off."""
+    import api.services
+
+    job = make_job()
+    stale = Job.objects.get(id=job.id)  # what the second worker read, before the first claimed it
+    assert job_start(job_id=job.id, worker="w1") is not None
+    monkeypatch.setattr(api.services, "job_by_id", lambda id: stale)
+
+    assert job_start(job_id=job.id, worker="w2") is None
+
+    row = Job.objects.get(id=job.id)
+    assert row.worker == "w1" and row.attempts == 1 and row.status == JobStatus.RUNNING
