@@ -2,8 +2,8 @@
 
 Web processes and workers are many processes on many machines, so nothing is kept in process
 memory. Counters and histograms live in Redis: every job that ends adds itself once (each process
-sends its increments in bulk, within a second), so they are cumulative across the fleet and survive restarts
-of web and worker processes; they restart from zero only if Redis loses its data, which
+sends its increments in bulk, within a second), so they are cumulative across the fleet and survive
+restarts of web and worker processes; they restart from zero only if Redis loses its data, which
 Prometheus' `rate()` treats as a counter reset. Gauges (jobs by status, queue depth, workers
 online) are read live from the database and the worker heartbeats.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -74,23 +75,25 @@ class _Tally:
         self.lock = threading.Lock()
         self.counts: dict[tuple[str, str], float] = {}
         self.models: set[str] = set()
-        self.wake = threading.Event()
-        self.pid = 0
+        self.flusher_pid = 0
 
     def add(self, key: str, field: str, amount: float) -> None:
         self.counts[(key, field)] = self.counts.get((key, field), 0) + amount
 
     def ensure_flusher(self) -> None:
-        # One flusher thread per process; a forked child (uWSGI, Celery's pool) starts its own.
-        if self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.lock = threading.Lock()
+        """One flusher thread per process, started with its first count (a forked child starts its own)."""
+        if self.flusher_pid != os.getpid():
+            self.flusher_pid = os.getpid()
             threading.Thread(target=self._flush_forever, name="inferq-metrics", daemon=True).start()
+
+    def after_fork_in_child(self) -> None:
+        # The parent's lock may have been held by another thread, and its unsent counts are the parent's to send.
+        self.lock = threading.Lock()
+        self.counts, self.models = {}, set()
 
     def _flush_forever(self) -> None:
         while True:
-            self.wake.wait(FLUSH_SECONDS)
-            self.wake.clear()
+            time.sleep(FLUSH_SECONDS)
             try:
                 metrics_flush()
             except Exception as exc:  # noqa: BLE001 - Redis may blink; the counts are kept for the next try
@@ -99,6 +102,7 @@ class _Tally:
 
 FLUSH_SECONDS = 1.0
 _tally = _Tally()
+os.register_at_fork(after_in_child=_tally.after_fork_in_child)
 
 
 def metrics_record_finished(job: Job) -> None:

@@ -23,7 +23,8 @@ class PreparedGet(Generic[M]):
     def __init__(self, model: type[M], *fields: str) -> None:
         self.model = model
         self.fields = [model._meta.get_field(name) for name in fields]
-        self._built: dict[str, tuple[str, list[Any]]] = {}  # connection alias -> (sql, converters)
+        self.attnames = [f.attname for f in model._meta.concrete_fields]
+        self._built: dict[str, tuple[str, list[Any]]] = {}  # connection vendor -> (sql, converters)
 
     def _build(self, connection: Any) -> tuple[str, list[Any]]:
         meta = self.model._meta
@@ -61,7 +62,7 @@ class PreparedGet(Generic[M]):
             for convert in functions:
                 value = convert(value, col, connection)
             row[index] = value
-        return self.model.from_db(alias, [f.attname for f in self.model._meta.concrete_fields], row)
+        return self.model.from_db(alias, self.attnames, row)
 
 
 _updates: dict[tuple[Any, ...], str] = {}

@@ -11,8 +11,8 @@ A round trip per request was a third of a status poll's cost, so for limits of 1
 period each web process, far below the limit, tallies hits locally and adds them to the shared
 count in bulk (every 16 hits or 50 ms). From 80% of the limit on, and before every refusal, the
 shared count is read and written on each hit: a limit is exceeded only if the other processes'
-unsent tallies (at most 15 hits each) add up to a fifth of it.
-A refused hit is taken back: refusals do not use up the budget. A refusal is a `429` with `Retry-After` (through
+unsent tallies (at most 15 hits each) add up to a fifth of it. A refused hit is taken back:
+refusals do not use up the budget. A refusal is a `429` with `Retry-After` (through
 `api.exceptions`' one error shape).
 """
 

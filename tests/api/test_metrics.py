@@ -142,3 +142,19 @@ def test_counts_are_sent_in_bulk_and_not_lost_when_redis_blinks(finished_jobs: l
     assert sent[b"batch:count"] == b"2"
     api.metrics.metrics_flush()  # nothing left: a second send adds nothing
     assert fake_redis.hgetall(api.metrics.model_key("echo")) == sent
+
+
+def test_a_forked_child_does_not_send_its_parents_unsent_counts(finished_jobs: list[Job], monkeypatch: Any) -> None:
+    """uWSGI and Celery fork workers: the parent's counts are the parent's to send, or they would count twice."""
+    import os
+
+    import api.metrics
+
+    monkeypatch.setattr(api.metrics, "metrics_flush", lambda: None)  # the flusher thread must not drain them now
+    assert api.metrics._tally.counts  # the parent has counted the finished jobs and not yet sent them
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if api.metrics._tally.counts == {} and not api.metrics._tally.lock.locked() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert api.metrics._tally.counts  # still here for the parent's own flush
