@@ -1,4 +1,7 @@
-"""`maintenance.purge_expired`: beat deletes finished jobs older than INFERQ_RESULT_RETENTION_DAYS."""
+"""`maintenance.purge_expired`: beat deletes finished jobs older than INFERQ_RESULT_RETENTION_DAYS.
+
+The same run deletes inputs that a killed process left behind (api/retention.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from celery import shared_task
 
 @shared_task(name="maintenance.purge_expired", ignore_result=True)
 def purge_expired() -> int:
-    from api.retention import jobs_purge_expired
+    from api.retention import inputs_discard_orphaned, jobs_purge_expired
 
-    return jobs_purge_expired()
+    purged = jobs_purge_expired()
+    inputs_discard_orphaned()
+    return purged

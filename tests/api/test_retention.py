@@ -97,3 +97,54 @@ def test_beat_schedules_the_purge_and_workers_import_it() -> None:
     entries = [e for e in celeryconfig.beat_schedule.values() if e["task"] == "maintenance.purge_expired"]
     assert len(entries) == 1 and entries[0]["schedule"] > 0
     assert "tasks.maintenance" in celeryconfig.imports
+
+
+def test_inputs_left_behind_by_a_killed_process_are_discarded(make_job: Any) -> None:
+    from api.retention import inputs_discard_orphaned
+
+    ended, queued, orphan = make_job(b"ended, input not deleted"), make_job(b"still queued"), make_job(b"no row")
+    # A worker killed between writing the job's end and deleting its input: the row ended, the file stayed.
+    Job.objects.filter(id=ended.id).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
+    # A web process killed between storing the input and inserting the row.
+    Job.objects.filter(id=orphan.id).delete()
+    storage = ended.input.storage
+
+    assert inputs_discard_orphaned() == 1
+    assert not storage.exists(ended.input.name)
+    assert storage.exists(queued.input.name)
+    assert storage.exists(orphan.input.name), "a file with no row yet may be a submit in progress"
+
+    assert inputs_discard_orphaned(now=timezone.now() + timedelta(minutes=11)) == 1
+    assert not storage.exists(orphan.input.name)
+    assert storage.exists(queued.input.name)
+
+
+def test_kept_inputs_are_not_discarded(make_job: Any, settings: Any) -> None:
+    from api.retention import inputs_discard_orphaned
+
+    settings.INFERQ_KEEP_INPUTS = True
+    job = make_job(b"kept for audit")
+    job_succeed(job=job, result={}, inference_ms=1.0)
+    assert inputs_discard_orphaned(now=timezone.now() + timedelta(days=1)) == 0
+    assert job.input.storage.exists(job.input.name)
+
+
+def test_files_that_are_not_inputs_are_left_alone(make_job: Any) -> None:
+    from django.core.files.base import ContentFile
+
+    from api.retention import inputs_discard_orphaned
+
+    job = make_job(b"x")
+    storage = job.input.storage
+    name = storage.save("inputs/README", ContentFile(b"an operator's note"))
+    assert inputs_discard_orphaned(now=timezone.now() + timedelta(days=1)) == 0
+    assert storage.exists(name)
+
+
+def test_the_beat_task_also_discards_orphaned_inputs(make_job: Any) -> None:
+    from tasks.maintenance import purge_expired
+
+    job = make_job(b"ended, input not deleted")
+    Job.objects.filter(id=job.id).update(status=JobStatus.FAILED, finished_at=timezone.now())
+    purge_expired()
+    assert not job.input.storage.exists(job.input.name)

@@ -24,10 +24,12 @@ import requests
 
 from tests.integration.conftest import BIN, FINAL, Service, _base_env, free_port, wait_until
 
-# Recovery in seconds rather than minutes: a lost worker's lease runs out after 4 s, beat sweeps every second.
+# Recovery in seconds rather than minutes: a lost worker's lease runs out after 4 s, beat sweeps every second
+# and clears left-over inputs every two.
 FAST_RECOVERY = {
     "INFERQ_LEASE_SECONDS": "4",
     "INFERQ_SWEEP_SECONDS": "1",
+    "INFERQ_PURGE_SECONDS": "2",
     "INFERQ_LOST_MESSAGE_SECONDS": "3",
     "INFERQ_MAX_ATTEMPTS": "3",
     "INFERQ_HEARTBEAT_TTL": "6",
