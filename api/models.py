@@ -41,6 +41,19 @@ class Batch(models.Model):
         return self.name or str(self.id)
 
 
+class JobQuerySet(models.QuerySet["Job"]):
+    def with_input(self) -> JobQuerySet:
+        """Rows with `input_data` loaded (a worker about to run them); other reads leave it deferred."""
+        return self.defer(None)
+
+
+class JobManager(models.Manager.from_queryset(JobQuerySet)):  # type: ignore[misc]
+    """Job rows without their inline input: polls, lists and the admin never need the bytes."""
+
+    def get_queryset(self) -> JobQuerySet:
+        return super().get_queryset().defer("input_data")
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -49,6 +62,8 @@ class Job(models.Model):
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
 
     input = models.FileField(upload_to=input_upload_to, max_length=255, blank=True)
+    # A small input (at most INFERQ_INLINE_INPUT_BYTES) is kept here instead of in `input`, until the job ends.
+    input_data = models.BinaryField(null=True, blank=True, editable=False)
     input_content_type = models.CharField(max_length=100)
     input_size = models.PositiveBigIntegerField(default=0)
     input_sha256 = models.CharField(max_length=64)
@@ -75,6 +90,8 @@ class Job(models.Model):
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     # NULL, not "": jobs without a key must not collide in the (owner, key) unique constraint.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+
+    objects = JobManager()
 
     class Meta:
         ordering = ["-created_at"]

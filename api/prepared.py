@@ -18,19 +18,23 @@ M = TypeVar("M", bound=models.Model)
 
 
 class PreparedGet(Generic[M]):
-    """`PreparedGet(Job, "id", "owner")(id=..., owner=...)`: the one row matching every field, or None."""
+    """`PreparedGet(Job, "id", "owner")(id=..., owner=...)`: the one row matching every field, or None.
 
-    def __init__(self, model: type[M], *fields: str) -> None:
+    Fields named in `defer` are left out of the SELECT and load on first access, as with `QuerySet.defer`.
+    """
+
+    def __init__(self, model: type[M], *fields: str, defer: tuple[str, ...] = ()) -> None:
         self.model = model
         self.fields = [model._meta.get_field(name) for name in fields]
-        self.attnames = [f.attname for f in model._meta.concrete_fields]
+        self.columns = [f for f in model._meta.concrete_fields if f.name not in defer]
+        self.attnames = [f.attname for f in self.columns]
         self._built: dict[str, tuple[str, list[Any]]] = {}  # connection vendor -> (sql, converters)
 
     def _build(self, connection: Any) -> tuple[str, list[Any]]:
         meta = self.model._meta
         quote = connection.ops.quote_name
         table = meta.db_table
-        columns = meta.concrete_fields
+        columns = self.columns
         where = " AND ".join(f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields)
         selected = ", ".join(f"{quote(table)}.{quote(c.column)}" for c in columns)
         # Only names from the model's own metadata go into the text; values are parameters.

@@ -16,8 +16,11 @@ from api.prepared import PreparedGet
 from workers.store import ModelSpec, get_store
 
 # Polls, waits and workers read one job row far more often than anything else: SQL built once (api/prepared.py).
-_job_by_id_and_owner = PreparedGet(Job, "id", "owner")
-job_by_id = PreparedGet(Job, "id")
+# Reads that answer clients leave a small input's bytes in the row (`Job.objects` defers them too);
+# a worker's read takes them.
+_job_by_id_and_owner = PreparedGet(Job, "id", "owner", defer=("input_data",))
+job_by_id = PreparedGet(Job, "id", defer=("input_data",))
+job_with_input_by_id = PreparedGet(Job, "id")
 
 
 def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:

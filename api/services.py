@@ -23,7 +23,7 @@ from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, Service
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
 from api.prepared import insert_row, update_where
-from api.selectors import job_by_id
+from api.selectors import job_with_input_by_id
 from workers.store import ModelSpec, StoreError, get_store
 
 logger = logging.getLogger("inferq.jobs")
@@ -137,7 +137,10 @@ def job_create(
         idempotency_key=idempotency_key or None,
     )
     job.created_at = job.enqueued_at = timezone.now()
-    job.input.save(str(job.id), ContentFile(model_input.data), save=False)
+    if len(model_input.data) <= settings.INFERQ_INLINE_INPUT_BYTES:
+        job.input_data = model_input.data
+    else:
+        job.input.save(str(job.id), ContentFile(model_input.data), save=False)
     try:
         if transaction.get_connection().in_atomic_block:
             with transaction.atomic():  # a savepoint, so a duplicate key leaves the caller's transaction usable
@@ -145,7 +148,7 @@ def job_create(
         else:
             insert_row(job)
     except IntegrityError:
-        job.input.delete(save=False)
+        _delete_stored_input(job)
         if idempotency_key:
             return Job.objects.get(owner=owner, idempotency_key=idempotency_key)
         raise
@@ -154,11 +157,16 @@ def job_create(
     try:
         job_enqueue(job=job, spec=spec)
     except ServiceUnavailable:
-        job.input.delete(save=False)
+        _delete_stored_input(job)
         Job.objects.filter(id=job.id).delete()
         raise
     logger.info("job queued", extra={"job_id": str(job.id), "model": job.model_name, "status": "queued"})
     return job
+
+
+def _delete_stored_input(job: Job) -> None:
+    if job.input:
+        job.input.delete(save=False)
 
 
 def check_idempotent_replay(*, existing: Job, spec: ModelSpec, sha256: str) -> None:
@@ -172,7 +180,7 @@ def job_cancel(*, job: Job) -> Job:
     """Cancel a job that has not finished; a queued job's message is then skipped by the worker."""
     now = timezone.now()
     updated = Job.objects.filter(id=job.id, status__in=ACTIVE_STATUSES).update(
-        status=JobStatus.CANCELED, finished_at=now, total_ms=_ms(job.created_at, now)
+        status=JobStatus.CANCELED, finished_at=now, total_ms=_ms(job.created_at, now), **_input_data_dropped()
     )
     job.refresh_from_db()
     if updated:
@@ -206,8 +214,11 @@ def _fail_worker_lost(job: Job, now: datetime) -> None:
     job.finished_at = now
     job.lease_expires_at = None
     job.total_ms = _ms(job.created_at, now)
+    dropped = _input_data_dropped()
+    for name, value in dropped.items():
+        setattr(job, name, value)
     job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at",
-                            "total_ms"])
+                            "total_ms", *dropped])
     logger.warning("job failed", extra={"job_id": str(job.id), "model": job.model_name, "status": "failed",
                                         "code": "worker_lost", "attempts": job.attempts})
     # Like every other way a job ends, failing it discards its input (once that is committed).
@@ -226,14 +237,14 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     # Most deliveries are decided by one plain read: a first attempt still queued is claimed by an update
     # guarded on the row being unchanged; a job that ended, or that a live worker took into its batch (its
     # message arrives after it), is skipped. Only the rest (a lease that ran out) takes a locked transaction.
-    seen = job_by_id(id=job_id)
+    seen = job_with_input_by_id(id=job_id)
     if seen is None or _held_or_ended(seen, now):
         return None
     if seen.status == JobStatus.QUEUED and seen.attempts == 0 and _claimed_unchanged(seen, worker=worker, now=now):
         job = seen
     else:
         with transaction.atomic():
-            locked = Job.objects.select_for_update().filter(id=job_id).first()
+            locked = Job.objects.with_input().select_for_update().filter(id=job_id).first()
             if locked is None or _held_or_ended(locked, now):
                 return None
             if locked.attempts >= settings.INFERQ_MAX_ATTEMPTS:
@@ -268,8 +279,8 @@ def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit:
     if limit <= 0:
         return []
     # Only first attempts: a job requeued after its worker died is run alone, by its own message.
-    candidates = Job.objects.filter(model_name=model_name, model_version=model_version, status=JobStatus.QUEUED,
-                                    attempts=0)
+    candidates = Job.objects.with_input().filter(model_name=model_name, model_version=model_version,
+                                                 status=JobStatus.QUEUED, attempts=0)
     # Cheap read first: polling an empty queue must not take SQLite's write lock.
     if not candidates.exists():
         return []
@@ -326,7 +337,7 @@ def job_requeue_orphans() -> dict[str, int]:
 
 def _finish(job: Job, **fields: Any) -> bool:
     now = timezone.now()
-    fields.update(finished_at=now, total_ms=_ms(job.created_at, now), lease_expires_at=None)
+    fields.update(finished_at=now, total_ms=_ms(job.created_at, now), lease_expires_at=None, **_input_data_dropped())
     updated = update_where(Job, values=fields, exact={"id": job.id}, within={"status": ACTIVE_STATUSES})
     if updated:
         for name, value in fields.items():
@@ -357,8 +368,21 @@ def job_fail(*, job: Job, code: str, message: str, inference_ms: float | None = 
     return done
 
 
+def job_input_read(job: Job) -> bytes:
+    """The job's input: a small one from the row itself, a larger one from the storage."""
+    if job.input_data is not None:
+        return bytes(job.input_data)  # PostgreSQL hands back a memoryview
+    with job.input.open("rb") as fh:
+        return fh.read()
+
+
+def _input_data_dropped() -> dict[str, None]:
+    """The fields a job's ending write sets so that an inline input goes with it (in the same UPDATE)."""
+    return {} if settings.INFERQ_KEEP_INPUTS else {"input_data": None}
+
+
 def job_discard_input(*, job: Job) -> None:
-    """Inputs are deleted once a job ends unless INFERQ_KEEP_INPUTS is set."""
+    """Inputs are deleted once a job ends unless INFERQ_KEEP_INPUTS is set (an inline one by the ending write)."""
     if settings.INFERQ_KEEP_INPUTS or not job.input:
         return
     try:

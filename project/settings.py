@@ -158,6 +158,9 @@ STATIC_URL = "/static/"
 MODEL_STORE = Path(os.environ.get("MODEL_STORE", VAR_DIR / "models"))
 # Largest accepted input body; uWSGI's limit-post is set just above it as a backstop.
 INFERQ_MAX_INPUT_BYTES = env_int("INFERQ_MAX_INPUT_BYTES", 20 * 1024 * 1024)
+# Inputs up to this size are kept in the job row itself rather than in the storage (MEDIA_ROOT or S3):
+# one INSERT instead of a file written, read and deleted per job. 0 stores every input as a file.
+INFERQ_INLINE_INPUT_BYTES = env_int("INFERQ_INLINE_INPUT_BYTES", 64 * 1024)
 # Images above this many pixels are refused before decoding (decompression bombs).
 INFERQ_MAX_IMAGE_PIXELS = env_int("INFERQ_MAX_IMAGE_PIXELS", 50_000_000)
 # A job whose worker died this many times fails with `worker_lost` instead of looping.
@@ -192,6 +195,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.negotiation.FastContentNegotiation",
     # DRF's defaults, with JSON nested past the recursion limit answered 400 rather than 500.
     "DEFAULT_PARSER_CLASSES": ["api.parsers.SafeJSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from api.models import Job
-from api.services import job_claim_queued, job_fail, job_start, job_succeed
+from api.services import job_claim_queued, job_fail, job_input_read, job_start, job_succeed
 from workers import lease, registry
 from workers.handlers import InputError, Outcome
 from workers.store import get_store
@@ -37,8 +37,7 @@ def device() -> torch.device:
 
 
 def read_input(job: Job) -> bytes:
-    with job.input.open("rb") as fh:
-        return fh.read()
+    return job_input_read(job)
 
 
 def run_job(job_id: str) -> None:

@@ -11,9 +11,12 @@ from api.models import Job, JobStatus
 pytestmark = pytest.mark.django_db
 
 
-def test_queued_job_is_canceled(api_client: Any, make_job: Any, media_root: Any) -> None:
+@pytest.mark.parametrize("inline_limit", [0, 1024])
+def test_queued_job_is_canceled(api_client: Any, make_job: Any, media_root: Any, settings: Any,
+                                inline_limit: int) -> None:
+    settings.INFERQ_INLINE_INPUT_BYTES = inline_limit
     job = make_job(b"abc")
-    assert job.input and job.input.storage.exists(job.input.name)
+    assert (job.input and job.input.storage.exists(job.input.name)) or job.input_data == b"abc"
 
     response = api_client.post(f"/v1/jobs/{job.id}/cancel")
 
@@ -22,7 +25,8 @@ def test_queued_job_is_canceled(api_client: Any, make_job: Any, media_root: Any)
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELED
     assert job.finished_at is not None
-    assert not job.input.storage.exists(job.input.name)
+    assert not (job.input and job.input.storage.exists(job.input.name))
+    assert Job.objects.with_input().get(id=job.id).input_data is None
 
 
 def test_running_job_is_canceled(api_client: Any, make_job: Any) -> None:

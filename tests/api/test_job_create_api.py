@@ -15,6 +15,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from api.models import Job, JobStatus
+from api.services import job_input_read
 from tests.api.helpers import assert_error, broker_messages
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -65,8 +66,7 @@ def test_raw_jpeg_is_accepted_and_only_the_job_id_is_published(api_client: Any, 
     assert (job.model_name, job.model_version) == ("tinyimg", "1")
     assert job.input_content_type == "image/jpeg"
     assert job.input_size == len(data)
-    with job.input.open("rb") as fh:
-        assert fh.read() == data
+    assert job_input_read(job) == data
     assert job.enqueued_at is not None
 
     messages = broker_messages("inferq.model.tinyimg")
@@ -111,8 +111,7 @@ def test_json_tensor_is_stored_as_npy(api_client: Any, tensor_model_manifest: Pa
 
     job = assert_accepted(response)
     assert job.input_content_type == "application/x-npy"
-    with job.input.open("rb") as fh:
-        stored = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+    stored = np.load(io.BytesIO(job_input_read(job)), allow_pickle=False)
     assert stored.dtype == np.float32
     np.testing.assert_array_equal(stored, values)
     assert len(broker_messages("inferq.model.vec")) == 1

@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 from tritonclient.http._utils import _get_inference_request
 
 from api.models import Job, JobStatus
+from api.services import job_input_read
 from tests.api.fake_worker import install_instant_worker, install_threaded_worker
 from tests.conftest import jpeg_bytes
 
@@ -30,8 +31,7 @@ def client(user: Any) -> Client:
 
 def tensor_sum(job: Job) -> dict[str, Any]:
     """A tensor model whose output is [sum of the input, 1.0]: which output came from which sample shows."""
-    with job.input.open("rb") as fh:
-        total = float(np.load(io.BytesIO(fh.read())).sum())
+    total = float(np.load(io.BytesIO(job_input_read(job))).sum())
     return {"output": [total, 1.0], "shape": [2]}
 
 

@@ -52,7 +52,8 @@ def test_it_is_one_query(user: Any, make_job: Any) -> None:
     assert "LIMIT 1" in queries.captured_queries[0]["sql"]
 
 
-SKIP = {"id", "input", "input_sha256", "created_at", "enqueued_at"}  # what differs between two jobs anyway
+# What differs between two jobs anyway.
+SKIP = {"id", "input", "input_data", "input_sha256", "created_at", "enqueued_at"}
 
 
 def test_update_where_writes_what_the_orm_would(user: Any, make_job: Any) -> None:
@@ -112,3 +113,17 @@ def test_insert_row_outside_a_transaction_refuses_a_duplicate_key_and_keeps_noth
     with pytest.raises(IntegrityError):
         insert_row(new_job(user, idempotency_key="same"))
     assert Job.objects.filter(owner=user).count() == 1
+
+
+def test_a_deferred_field_is_left_out_of_the_select_and_loads_on_access(user: Any, make_job: Any,
+                                                                        django_assert_num_queries: Any) -> None:
+    from api.prepared import PreparedGet
+
+    job = make_job(b"inline bytes")
+    read = PreparedGet(Job, "id", defer=("input_data",))
+    with django_assert_num_queries(1) as queries:
+        got = read(id=job.id)
+    assert got is not None and '"input_data"' not in queries.captured_queries[0]["sql"]
+    assert got.get_deferred_fields() == {"input_data"}
+    with django_assert_num_queries(1):
+        assert bytes(got.input_data) == b"inline bytes"

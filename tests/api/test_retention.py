@@ -16,6 +16,12 @@ from api.services import job_succeed
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def inputs_in_the_storage(settings: Any) -> None:
+    """These tests are about input files; small inputs would otherwise be kept in the job row."""
+    settings.INFERQ_INLINE_INPUT_BYTES = 0
+
+
 def age(job: Job, days: float) -> None:
     Job.objects.filter(id=job.id).update(finished_at=timezone.now() - timedelta(days=days),
                                          created_at=timezone.now() - timedelta(days=days))

@@ -9,13 +9,24 @@ import pytest
 from django.utils import timezone
 
 from api.models import Job, JobStatus
-from api.services import job_cancel, job_fail, job_requeue_orphans, job_start, job_succeed
+from api.services import job_cancel, job_fail, job_input_read, job_requeue_orphans, job_start, job_succeed
 
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(params=["inline", "file"])
+def input_place(request: Any, settings: Any) -> str:
+    """Run a test with small inputs kept in the row (the default) and with every input in the storage."""
+    if request.param == "file":
+        settings.INFERQ_INLINE_INPUT_BYTES = 0
+    return str(request.param)
+
+
 def input_exists(job: Job) -> bool:
-    return bool(job.input) and job.input.storage.exists(job.input.name)
+    row = Job.objects.with_input().get(id=job.id)
+    if row.input_data is not None:
+        return True
+    return bool(row.input) and row.input.storage.exists(row.input.name)
 
 
 def test_job_start_claims_a_queued_job(make_job: Any) -> None:
@@ -160,9 +171,10 @@ def test_job_fail_does_not_overwrite_a_canceled_job(make_job: Any) -> None:
 
 
 @pytest.mark.parametrize("finish", ["succeed", "fail", "cancel"])
-def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str) -> None:
+def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str, input_place: str) -> None:
     job = make_job(b"some input bytes")
     assert input_exists(job)
+    assert bool(job.input) == (input_place == "file")
 
     if finish == "cancel":
         job_cancel(job=job)
@@ -177,7 +189,7 @@ def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str) -> None:
     assert not input_exists(job)
 
 
-def test_input_is_kept_when_configured(make_job: Any, settings: Any) -> None:
+def test_input_is_kept_when_configured(make_job: Any, settings: Any, input_place: str) -> None:
     settings.INFERQ_KEEP_INPUTS = True
     job = make_job()
     claimed = job_start(job_id=job.id, worker="w1")
@@ -186,14 +198,35 @@ def test_input_is_kept_when_configured(make_job: Any, settings: Any) -> None:
     assert input_exists(job)
 
 
-def test_job_create_stores_input_and_digest(make_job: Any) -> None:
+def test_job_create_stores_input_and_digest(make_job: Any, input_place: str) -> None:
     import hashlib
 
     job = make_job(b"digest me")
     assert job.input_sha256 == hashlib.sha256(b"digest me").hexdigest()
     assert job.input_size == 9
-    with job.input.open("rb") as fh:
-        assert fh.read() == b"digest me"
+    assert job_input_read(Job.objects.get(id=job.id)) == b"digest me"
+
+
+def test_inputs_up_to_the_inline_limit_stay_in_the_row_and_larger_ones_go_to_the_storage(
+        make_job: Any, settings: Any) -> None:
+    settings.INFERQ_INLINE_INPUT_BYTES = 8
+    small, large = make_job(b"8 bytes!"), make_job(b"nine byte")
+    assert (bytes(small.input_data), small.input.name) == (b"8 bytes!", "")
+    assert large.input_data is None and large.input.storage.exists(large.input.name)
+    assert [job_input_read(Job.objects.get(id=j.id)) for j in (small, large)] == [b"8 bytes!", b"nine byte"]
+
+
+def test_reads_that_answer_clients_leave_the_input_bytes_out(make_job: Any, user: Any,
+                                                             django_assert_num_queries: Any) -> None:
+    from api.selectors import job_get, job_list
+
+    job = make_job(b"bytes a poll never needs")
+    with django_assert_num_queries(2):
+        polled = job_get(user=user, job_id=str(job.id))
+        listed = list(job_list(user=user))
+    assert "input_data" in polled.get_deferred_fields() and "input_data" in listed[0].get_deferred_fields()
+    claimed = job_start(job_id=job.id, worker="w1")
+    assert claimed is not None and "input_data" not in claimed.get_deferred_fields()
 
 
 def test_queue_bound_is_exact_near_the_limit_and_counts_are_reused_far_from_it(
@@ -226,7 +259,7 @@ def test_a_claim_made_between_read_and_update_is_not_overwritten(make_job: Any, 
     job = make_job()
     stale = Job.objects.get(id=job.id)  # what the second worker read, before the first claimed it
     assert job_start(job_id=job.id, worker="w1") is not None
-    monkeypatch.setattr(api.services, "job_by_id", lambda id: stale)
+    monkeypatch.setattr(api.services, "job_with_input_by_id", lambda id: stale)
 
     assert job_start(job_id=job.id, worker="w2") is None
 

@@ -37,6 +37,9 @@ FAST_RECOVERY = {
     "INFERQ_RESULT_CACHE": "0",
     "INFERQ_THROTTLE_SUBMIT": "0",
     "INFERQ_THROTTLE_API": "0",
+    # Every input a file, as large ones are: kills must not leave one behind. (A small input kept in the row
+    # goes in the same UPDATE that ends its job, so no kill can strand it; the main suite runs those.)
+    "INFERQ_INLINE_INPUT_BYTES": "0",
 }
 
 
