@@ -43,8 +43,12 @@ def broker_client(app: Any) -> redis.Redis | None:
 def envelope(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue: str,
              time_limit: float | None, soft_time_limit: float | None) -> bytes:
     """The bytes kombu's Redis transport pushes for `send_task(name, kwargs=..., queue=queue, task_id=...)`."""
+    # The reprs Flower shows, given rather than left to Celery's saferepr (a tenth of a publish): for a short
+    # dict of strings `repr` writes the same text.
+    kwargsrepr = repr(kwargs)
     headers, properties, body, _ = app.amqp.as_task_v2(
-        task_id, name, kwargs=kwargs, time_limit=time_limit, soft_time_limit=soft_time_limit, ignore_result=True)
+        task_id, name, kwargs=kwargs, time_limit=time_limit, soft_time_limit=soft_time_limit, ignore_result=True,
+        argsrepr="()", kwargsrepr=kwargsrepr if len(kwargsrepr) <= app.amqp.kwargsrepr_maxsize else None)
     payload = json.dumps(body).encode()
     message = {
         "body": base64.b64encode(payload).decode(),

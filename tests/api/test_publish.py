@@ -31,6 +31,20 @@ def test_the_envelope_decodes_as_the_task_celery_would_run() -> None:
     assert message.delivery_tag
 
 
+def test_the_envelope_shows_flower_what_celery_would() -> None:
+    from celery.utils.saferepr import saferepr
+
+    kwargs = {"job_id": "5b1e…-ü", "model": "digits"}
+    data = publish.envelope(app, name="inference.run", task_id="t-1", kwargs=kwargs, queue="q", time_limit=None,
+                            soft_time_limit=None)
+    headers = json.loads(data)["headers"]
+    assert (headers["argsrepr"], headers["kwargsrepr"]) == (saferepr(()), saferepr(kwargs))
+    long = {"job_id": "x" * 5000}
+    data = publish.envelope(app, name="inference.run", task_id="t-2", kwargs=long, queue="q", time_limit=None,
+                            soft_time_limit=None)
+    assert json.loads(data)["headers"]["kwargsrepr"] == saferepr(long, app.amqp.kwargsrepr_maxsize)
+
+
 def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
     server = fakeredis.FakeRedis()
     monkeypatch.setattr(publish, "broker_client", lambda app: server)
