@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Local runs (DEBUG off) get a secret key generated once into var/secret_key; production sets its own.
 export DJANGO_SECRET_KEY ?= $(shell $(PYTHON) scripts/local_secret.py)
 
-.PHONY: install run test test-unit test-integration lint token bench bench-quick bench-split clean
+.PHONY: install run test test-unit test-integration lint token bench bench-quick bench-split bench-web clean
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ bench: $(STAMP)
 
 bench-split: $(STAMP)
 	$(PY) -m bench.split
+
+bench-web: $(STAMP)
+	$(PY) -m bench.web
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick

@@ -1,0 +1,64 @@
+"""uWSGI processes x threads for the web tier: trivial view, status poll and submit rates, side by side.
+
+`python -m bench.web` (or `make bench-web`) prints the table behind uwsgi.ini's default (two processes
+per core, four threads each). Each layout is started in turn, twice, with no worker running (the API
+alone, as in `make bench` part (f)); compare the ratios, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+from bench.__main__ import API_CLIENTS, ROOT, log
+from bench.client import Client, rate
+from bench.stack import stack
+
+CORES = len(os.sched_getaffinity(0))
+SECONDS = 4.0
+ROUNDS = 2
+
+
+def layouts() -> list[tuple[int, int]]:
+    """(processes, threads): the old default (2 x 8), one process per core, and two per core."""
+    return [(2, 8), (CORES, 8 * 2 // CORES or 1), (2 * CORES, 4)]
+
+
+def main() -> int:
+    from workers.digits import holdout_pngs
+    from workers.export import export_digits
+    from workers.store import ModelStore
+
+    store = ROOT / "var" / "bench" / "store"
+    if not ModelStore(store).versions("digits"):
+        export_digits(ModelStore(store), version="1")
+    png = holdout_pngs(1)[0][0]
+    found: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for _ in range(ROUNDS):
+        for procs, threads in dict.fromkeys(layouts()):
+            log(f"web: {procs} process(es) x {threads} thread(s)")
+            env = {"INFERQ_WEB_PROCESSES": str(procs), "INFERQ_WEB_THREADS": str(threads)}
+            with stack(store, ROOT / "var" / "bench" / "web", models=["digits"], worker=False, extra_env=env) as svc:
+                job_id = Client(svc.base, svc.token).submit("digits", png, "image/png")["id"]
+                trivial, _ = rate(svc.base, svc.token, lambda: ("GET", "/_bench/trivial", None, {}), SECONDS,
+                                  API_CLIENTS)
+                poll, _ = rate(svc.base, svc.token, lambda path=f"/v1/jobs/{job_id}": ("GET", path, None, {}),
+                               SECONDS, API_CLIENTS)
+                submit, _ = rate(svc.base, svc.token,
+                                 lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}),
+                                 SECONDS, API_CLIENTS)
+            found.setdefault((procs, threads), []).append((trivial, poll, submit))
+    print(f"\nweb processes x threads, the API alone ({CORES} cores, {API_CLIENTS} keep-alive clients, "
+          f"median of {ROUNDS} runs)")
+    print(f"{'processes':>10}{'threads':>9}{'trivial/s':>11}{'poll/s':>9}{'submit/s':>10}{'poll/triv':>11}"
+          f"{'submit/triv':>13}")
+    for (procs, threads), runs in found.items():
+        trivial, poll, submit = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"{procs:>10}{threads:>9}{trivial:>11.0f}{poll:>9.0f}{submit:>10.0f}{poll / trivial:>11.2f}"
+              f"{submit / trivial:>13.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
