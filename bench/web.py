@@ -1,8 +1,8 @@
 """uWSGI processes x threads for the web tier: trivial view, status poll and submit rates, side by side.
 
-`python -m bench.web` (or `make bench-web`) prints the table behind uwsgi.ini's default (two processes
-per core, four threads each). Each layout is started in turn, twice, with no worker running (the API
-alone, as in `make bench` part (f)); compare the ratios, not the absolute rates.
+`python -m bench.web` (or `make bench-web`) prints the table behind uwsgi.ini's default (2 processes x
+8 threads). Each layout is started in turn, twice, with no worker running (the API alone, as in
+`make bench` part (f)). Compare rates within one run only: on a shared machine they swing by a fifth.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from bench.stack import stack
 
 CORES = len(os.sched_getaffinity(0))
 SECONDS = 4.0
-ROUNDS = 2
+ROUNDS = 3
 
 
 def layouts() -> list[tuple[int, int]]:
-    """(processes, threads): the old default (2 x 8), one process per core, and two per core."""
+    """(processes, threads): the default (2 x 8), one process per core, and two per core."""
     return [(2, 8), (CORES, 8 * 2 // CORES or 1), (2 * CORES, 4)]
 
 

@@ -281,11 +281,10 @@ INFERQ_KEEP_INPUTS = env_bool("INFERQ_KEEP_INPUTS", False)
 # ---------------------------------------------------------------------------
 
 # uWSGI threads per web process (uwsgi.ini reads the same variable). A waiting request (Prefer: wait,
-# ?wait=, the synchronous TorchServe/KServe calls) holds one; waiters may hold all but one of them,
+# ?wait=, the synchronous TorchServe/KServe calls) holds one; waiters may hold all but two of them,
 # so submissions always find a thread. Beyond that a wait answers at once (sync calls answer 503).
-# On 2 cores (4 processes x 4 threads): 12 waits at once, and 4 threads always free.
-INFERQ_WEB_THREADS = env_int("INFERQ_WEB_THREADS", 4)
-INFERQ_WAIT_SLOTS = env_int("INFERQ_WAIT_SLOTS", max(1, INFERQ_WEB_THREADS - 1))
+INFERQ_WEB_THREADS = env_int("INFERQ_WEB_THREADS", 8)
+INFERQ_WAIT_SLOTS = env_int("INFERQ_WAIT_SLOTS", max(1, INFERQ_WEB_THREADS - 2))
 # Answer an input byte-identical to one the same model version already answered from that result;
 # SHARED: across users (off: only the caller's own earlier jobs count).
 INFERQ_RESULT_CACHE = env_bool("INFERQ_RESULT_CACHE", True)
