@@ -25,6 +25,7 @@ from api.exceptions import InvalidInput
 from api.metrics import metrics_record_finished
 from api.models import Job
 from api.redis_client import get_redis
+from api.selectors import job_by_id
 
 logger = logging.getLogger("inferq.jobs")
 
@@ -84,8 +85,6 @@ def clamp_wait(seconds: float) -> float:
 
 def _refresh(jobs: list[Job]) -> list[Job]:
     if len(jobs) == 1:
-        from api.selectors import job_by_id
-
         return [job_by_id(id=jobs[0].id) or jobs[0]]
     fresh = {job.id: job for job in Job.objects.filter(id__in=[j.id for j in jobs])}
     return [fresh.get(job.id, job) for job in jobs]

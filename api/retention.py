@@ -47,10 +47,7 @@ def jobs_purge_expired(*, days: int | None = None, now: datetime | None = None) 
         storage = Job._meta.get_field("input").storage
         for _, name in chunk:
             if name:
-                try:
-                    storage.delete(name)
-                except OSError:
-                    logger.warning("could not delete a purged job's input %s", name)
+                input_file_delete(storage, name)
         deleted += len(chunk)
     if deleted:
         logger.info("purged expired jobs", extra={"deleted": deleted, "retention_days": days})
@@ -78,15 +75,20 @@ def inputs_discard_orphaned(*, now: datetime | None = None, grace: timedelta = U
         for job_id, name in chunk.items():
             status = statuses.get(job_id)
             if status in FINAL_STATUSES or (status is None and _modified_before(storage, name, cutoff)):
-                try:
-                    storage.delete(name)
-                except OSError:
-                    logger.warning("could not delete an orphaned input %s", name)
-                    continue
-                deleted += 1
+                deleted += input_file_delete(storage, name)
     if deleted:
         logger.info("deleted orphaned inputs", extra={"deleted": deleted})
     return deleted
+
+
+def input_file_delete(storage: Storage, name: str) -> bool:
+    """Delete one stored input; a storage error is logged (the next clean-up tries again), never raised."""
+    try:
+        storage.delete(name)
+    except OSError:
+        logger.warning("could not delete the stored input %s", name)
+        return False
+    return True
 
 
 def _stored_inputs(storage: Storage, path: str) -> Iterator[tuple[uuid.UUID, str]]:

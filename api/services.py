@@ -23,6 +23,7 @@ from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, Service
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
 from api.prepared import insert_row, update_where
+from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
 from workers.store import ModelSpec, StoreError, get_store
 
@@ -385,10 +386,7 @@ def job_discard_input(*, job: Job) -> None:
     """Inputs are deleted once a job ends unless INFERQ_KEEP_INPUTS is set (an inline one by the ending write)."""
     if settings.INFERQ_KEEP_INPUTS or not job.input:
         return
-    try:
-        job.input.storage.delete(job.input.name)
-    except OSError:
-        logger.warning("could not delete input of job %s", job.id)
+    input_file_delete(job.input.storage, job.input.name)
 
 
 def batch_create(*, owner: AbstractBaseUser, name: str = "", model_name: str = "") -> Batch:

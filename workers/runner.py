@@ -36,10 +36,6 @@ def device() -> torch.device:
     return _state["device"]
 
 
-def read_input(job: Job) -> bytes:
-    return job_input_read(job)
-
-
 def run_job(job_id: str) -> None:
     """Claim the message's job, gather a batch of queued jobs of the same model, run them together.
 
@@ -110,7 +106,7 @@ def run_claimed(jobs: list[Job]) -> None:
     inputs: list[tuple[bytes, str] | None] = []
     for job in jobs:
         try:
-            inputs.append((read_input(job), job.input_content_type))
+            inputs.append((job_input_read(job), job.input_content_type))
         except (OSError, ValueError) as exc:
             job_fail(job=job, code="input_missing", message=f"The job's stored input cannot be read: {exc}")
             inputs.append(None)
