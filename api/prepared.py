@@ -21,11 +21,16 @@ class PreparedGet(Generic[M]):
     """`PreparedGet(Job, "id", "owner")(id=..., owner=...)`: the one row matching every field, or None.
 
     Fields named in `defer` are left out of the SELECT and load on first access, as with `QuerySet.defer`.
+    `not_null` adds `field IS NOT NULL` conditions; with `newest`, the row with the latest value of that
+    field is the one returned (`order_by("-newest").first()`).
     """
 
-    def __init__(self, model: type[M], *fields: str, defer: tuple[str, ...] = ()) -> None:
+    def __init__(self, model: type[M], *fields: str, defer: tuple[str, ...] = (), not_null: tuple[str, ...] = (),
+                 newest: str | None = None) -> None:
         self.model = model
         self.fields = [model._meta.get_field(name) for name in fields]
+        self.not_null = [model._meta.get_field(name) for name in not_null]
+        self.newest = model._meta.get_field(newest) if newest else None
         self.columns = [f for f in model._meta.concrete_fields if f.name not in defer]
         self.attnames = [f.attname for f in self.columns]
         self._built: dict[str, tuple[str, list[Any]]] = {}  # connection vendor -> (sql, converters)
@@ -35,10 +40,12 @@ class PreparedGet(Generic[M]):
         quote = connection.ops.quote_name
         table = meta.db_table
         columns = self.columns
-        where = " AND ".join(f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields)
+        where = " AND ".join([f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields]
+                             + [f"{quote(table)}.{quote(f.column)} IS NOT NULL" for f in self.not_null])
+        order = f" ORDER BY {quote(table)}.{quote(self.newest.column)} DESC" if self.newest else ""
         selected = ", ".join(f"{quote(table)}.{quote(c.column)}" for c in columns)
         # Only names from the model's own metadata go into the text; values are parameters.
-        sql = f"SELECT {selected} FROM {quote(table)} WHERE {where} LIMIT 1"  # noqa: S608
+        sql = f"SELECT {selected} FROM {quote(table)} WHERE {where}{order} LIMIT 1"  # noqa: S608
         converters = []
         for index, field in enumerate(columns):
             col = field.get_col(table)

@@ -127,3 +127,24 @@ def test_a_deferred_field_is_left_out_of_the_select_and_loads_on_access(user: An
     assert got.get_deferred_fields() == {"input_data"}
     with django_assert_num_queries(1):
         assert bytes(got.input_data) == b"inline bytes"
+
+
+def test_newest_and_not_null_pick_what_order_by_first_would(user: Any, make_job: Any) -> None:
+    from datetime import timedelta
+
+    from api.prepared import PreparedGet
+
+    jobs = [make_job(b"same") for _ in range(4)]
+    now = timezone.now()
+    for job, (minutes, result) in zip(jobs, [(1, {"r": 1}), (3, None), (2, {"r": 2}), (0, {"r": 0})], strict=True):
+        Job.objects.filter(id=job.id).update(status=JobStatus.SUCCEEDED, result=result,
+                                             finished_at=now + timedelta(minutes=minutes))
+    read = PreparedGet(Job, "input_sha256", "status", not_null=("result",), newest="finished_at")
+    expected = Job.objects.filter(input_sha256=jobs[0].input_sha256, status=JobStatus.SUCCEEDED,
+                                  result__isnull=False).order_by("-finished_at").first()
+
+    found = read(input_sha256=jobs[0].input_sha256, status=JobStatus.SUCCEEDED)
+
+    assert found is not None and expected is not None
+    assert found.id == expected.id == jobs[2].id and found.result == {"r": 2}
+    assert read(input_sha256="0" * 64, status=JobStatus.SUCCEEDED) is None
