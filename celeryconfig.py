@@ -66,6 +66,8 @@ task_create_missing_queues = True
 
 # Flower needs task events to show jobs as they run.
 worker_send_task_events = True
+# Flower's task events leave after the task reaches its pool process, batched (workers/consumer.py).
+worker_consumer = "workers.consumer:Consumer"
 # No `task-sent` event from the web tier: it is a second publish on every submit (measured: a third of the
 # submit's broker time), and Flower lists a task from its `task-received` event on, a moment later.
 task_send_sent_event = False

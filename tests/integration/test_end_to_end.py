@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bench.images import photo
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +110,32 @@ def test_other_users_cannot_see_a_job(service: Service) -> None:
                          timeout=10)
     assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
     assert service.wait_job(job_id)["status"] == "succeeded"
+
+
+def test_flower_gets_each_jobs_task_events(service: Service) -> None:
+    """What Flower listens to: the worker's task events on the broker, received to succeeded, for each job."""
+    import threading
+
+    from celery import Celery
+
+    app = Celery()
+    seen: dict[str, list[str]] = {}
+    ready = threading.Event()
+    with app.connection_for_read(service.env["REDIS_URL"]) as connection:
+        receiver = app.events.Receiver(connection, handlers={
+            "*": lambda event: seen.setdefault(event.get("uuid", ""), []).append(event["type"])})
+        receiver.on_consume_ready = lambda *args, **kwargs: ready.set()
+        listener = threading.Thread(target=receiver.capture, kwargs={"timeout": 60, "wakeup": False}, daemon=True)
+        listener.start()
+        try:
+            assert ready.wait(10)
+            job = service.submit("digits", _digit(), "image/png", Prefer="wait=10").json()
+            assert job["status"] == "succeeded", job
+            wait_until(lambda: "task-succeeded" in seen.get(job["id"], []), 10, "the job's task events")
+        finally:
+            receiver.should_stop = True
+            listener.join(5)
+    assert seen[job["id"]] == ["task-received", "task-started", "task-succeeded"]
 
 
 def _digit() -> bytes:
