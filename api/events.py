@@ -3,6 +3,9 @@
 A waiting request subscribes to `inferq:job:<id>` *before* it re-reads the row, so an event
 published between its first read and its subscription cannot be lost; it then blocks on the
 pub/sub socket (no CPU, no database polling) until an event arrives or its time is up.
+The event carries the row as its ending write committed it (it is published only after that
+commit), so the woken request answers from it without reading the row again; an event without
+the row (too large, or from an older worker) makes it read the row, as it always did.
 Waiting holds a web thread, so each web process lends at most INFERQ_WAIT_SLOTS threads to
 waiters; beyond that a request answers at once with the job as it is, and submissions always
 find a free thread.
@@ -10,6 +13,7 @@ find a free thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.fields.files import FieldFile
 from redis.exceptions import RedisError
 
 from api.exceptions import InvalidInput
@@ -31,6 +36,8 @@ logger = logging.getLogger("inferq.jobs")
 
 CHANNEL_PREFIX = "inferq:job:"
 MAX_WAIT_S = 60.0
+# Above this, an event names only the new status and its waiters read the row instead.
+EVENT_ROW_MAX_BYTES = 64 * 1024
 
 _slots_lock = threading.Lock()
 _slots: dict[str, Any] = {"semaphore": None, "size": 0}
@@ -40,11 +47,42 @@ def job_channel(job_id: Any) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
 
 
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def job_event_body(job: Job) -> str:
+    """The event: the job's row (every column but the input bytes) as JSON, or only its status when that is large."""
+    row = {}
+    deferred = job.get_deferred_fields()
+    for field in Job._meta.concrete_fields:
+        if field.attname in deferred or field.attname == "input_data":
+            continue
+        value = getattr(job, field.attname)
+        row[field.attname] = value.name if isinstance(value, FieldFile) else value
+    body = json.dumps({"status": str(job.status), "row": row}, default=_json_value, separators=(",", ":"))
+    return body if len(body) <= EVENT_ROW_MAX_BYTES else str(job.status)
+
+
+def job_from_event(job: Job, body: bytes | str) -> bool:
+    """Bring `job` up to date from an event's row; False when the event carries none (read the row then)."""
+    try:
+        row = json.loads(body)["row"]
+    except (ValueError, TypeError, KeyError):
+        return False
+    if not isinstance(row, dict) or row.get("id") != str(job.id):
+        return False
+    for field in Job._meta.concrete_fields:
+        if field.attname in row:
+            setattr(job, field.attname, field.to_python(row[field.attname]))
+    return True
+
+
 def job_event_publish(job: Job) -> None:
     """Announce that `job` ended and count it for /metrics; a Redis error is logged, never raised."""
     metrics_record_finished(job)
     try:
-        get_redis().publish(job_channel(job.id), str(job.status))
+        get_redis().publish(job_channel(job.id), job_event_body(job))
     except RedisError as exc:
         logger.warning("could not publish the end of job %s: %s", job.id, exc,
                        extra={"job_id": str(job.id), "model": job.model_name, "status": str(job.status)})
@@ -128,7 +166,7 @@ def jobs_wait_held(*, jobs: list[Job], timeout: float) -> list[Job]:
                 continue
             channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
             job_id = channel.removeprefix(CHANNEL_PREFIX)
-            if job_id in by_id:
+            if job_id in by_id and not job_from_event(by_id[job_id], message["data"]):
                 by_id[job_id] = _refresh([by_id[job_id]])[0]
     except RedisError as exc:
         # No events without Redis: answer with the rows as they are now.

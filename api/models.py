@@ -93,6 +93,10 @@ class Job(models.Model):
 
     objects = JobManager()
 
+    # Not a column: set by `job_start` on the job it claims (whether more first attempts of its model
+    # version were queued then; None when it did not ask), so the runner knows whether to gather a batch.
+    others_queued: bool | None = None
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [

@@ -39,20 +39,12 @@ class PreparedGet(Generic[M]):
         meta = self.model._meta
         quote = connection.ops.quote_name
         table = meta.db_table
-        columns = self.columns
         where = " AND ".join([f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields]
                              + [f"{quote(table)}.{quote(f.column)} IS NOT NULL" for f in self.not_null])
         order = f" ORDER BY {quote(table)}.{quote(self.newest.column)} DESC" if self.newest else ""
-        selected = ", ".join(f"{quote(table)}.{quote(c.column)}" for c in columns)
         # Only names from the model's own metadata go into the text; values are parameters.
-        sql = f"SELECT {selected} FROM {quote(table)} WHERE {where}{order} LIMIT 1"  # noqa: S608
-        converters = []
-        for index, field in enumerate(columns):
-            col = field.get_col(table)
-            found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
-            if found:
-                converters.append((index, found, col))
-        return sql, converters
+        sql = f"SELECT {_select_list(connection, table, self.columns)} FROM {quote(table)} WHERE {where}{order} LIMIT 1"  # noqa: S608
+        return sql, _converters(connection, table, self.columns)
 
     def __call__(self, **values: Any) -> M | None:
         alias = router.db_for_read(self.model)
@@ -67,13 +59,99 @@ class PreparedGet(Generic[M]):
             row = cursor.fetchone()
         if row is None:
             return None
-        row = list(row)
-        for index, functions, col in converters:
-            value = row[index]
-            for convert in functions:
-                value = convert(value, col, connection)
-            row[index] = value
-        return self.model.from_db(alias, self.attnames, row)
+        return _instance(self.model, alias, self.attnames, row, converters, connection)
+
+
+def _select_list(connection: Any, table: str, columns: list[Any]) -> str:
+    quote = connection.ops.quote_name
+    return ", ".join(f"{quote(table)}.{quote(c.column)}" for c in columns)
+
+
+def _converters(connection: Any, table: str, columns: list[Any]) -> list[Any]:
+    """(index, the ORM's converters, column) for each selected column that has converters."""
+    found = []
+    for index, field in enumerate(columns):
+        col = field.get_col(table)
+        functions = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if functions:
+            found.append((index, functions, col))
+    return found
+
+
+def _instance(model: type[M], alias: str, attnames: list[str], row: Any, converters: list[Any], connection: Any) -> M:
+    """The instance the ORM would build from `row` (converted as its compiler converts)."""
+    values = list(row)
+    for index, functions, col in converters:
+        value = values[index]
+        for convert in functions:
+            value = convert(value, col, connection)
+        values[index] = value
+    return model.from_db(alias, attnames, values[: len(attnames)])
+
+
+class PreparedUpdateReturning(Generic[M]):
+    """Change one row and read it back in one statement: `UPDATE … SET … WHERE … RETURNING <every column>, <extra>`.
+
+    `sets` are fields given new values and `where` fields matched exactly, both as parameters.
+    `computed` maps a field to (the field its one parameter is prepared as, SQL per database vendor) for a
+    new value that the database works out from the row; `extra` is one more expression per vendor, returned after the
+    row. In both, `{table}` and `{<field name>}` name the table and the row's columns. The SQL is
+    built once per vendor. `supported()` says whether the database can (RETURNING: SQLite 3.35+,
+    PostgreSQL); calling returns (the updated instance, the extra value), or None when no row matched.
+    """
+
+    def __init__(self, model: type[M], *, sets: tuple[str, ...], where: tuple[str, ...],
+                 computed: dict[str, tuple[str, dict[str, str]]] | None = None,
+                 extra: dict[str, str] | None = None) -> None:
+        self.model = model
+        self.sets = [model._meta.get_field(name) for name in sets]
+        self.where = [model._meta.get_field(name) for name in where]
+        self.computed = [(model._meta.get_field(name), model._meta.get_field(param), sql)
+                         for name, (param, sql) in (computed or {}).items()]
+        self.extra = extra
+        self.columns = list(model._meta.concrete_fields)
+        self.attnames = [f.attname for f in self.columns]
+        self._built: dict[str, tuple[str, list[Any]]] = {}
+
+    def supported(self, connection: Any) -> bool:
+        vendor = connection.vendor
+        return bool(connection.features.can_return_columns_from_insert) and all(
+            vendor in sql for sql in [*(sql for _, _, sql in self.computed), *([self.extra] if self.extra else [])])
+
+    def _build(self, connection: Any) -> tuple[str, list[Any]]:
+        quote = connection.ops.quote_name
+        table = self.model._meta.db_table
+        names = {"table": quote(table)} | {f.name: f"{quote(table)}.{quote(f.column)}" for f in self.columns}
+        sets = [f"{quote(f.column)} = %s" for f in self.sets]
+        sets += [f"{quote(f.column)} = {sql[connection.vendor].format(**names)}" for f, _, sql in self.computed]
+        where = " AND ".join(f"{quote(f.column)} = %s" for f in self.where)
+        returning = _select_list(connection, table, self.columns)
+        if self.extra:
+            returning += f", {self.extra[connection.vendor].format(**names)}"
+        # Only names from the model's metadata and this class's callers go into the text; values are parameters.
+        sql = f"UPDATE {quote(table)} SET {', '.join(sets)} WHERE {where} RETURNING {returning}"  # noqa: S608
+        return sql, _converters(connection, table, self.columns)
+
+    def __call__(self, *, values: dict[str, Any], computed: dict[str, Any] | None = None,
+                 match: dict[str, Any]) -> tuple[M, Any] | None:
+        alias = router.db_for_write(self.model)
+        connection = connections[alias]
+        built = self._built.get(connection.vendor)
+        if built is None:
+            built = self._built[connection.vendor] = self._build(connection)
+        sql, converters = built
+        computed = computed or {}
+        params = [f.get_db_prep_save(values[f.name], connection) for f in self.sets]
+        params += [param.get_db_prep_value(computed[f.name], connection, prepared=False)
+                   for f, param, _ in self.computed]
+        params += [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        extra = row[len(self.attnames)] if self.extra else None
+        return _instance(self.model, alias, self.attnames, row, converters, connection), extra
 
 
 _updates: dict[tuple[Any, ...], str] = {}

@@ -12,7 +12,7 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
@@ -22,7 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
-from api.prepared import insert_row, update_where
+from api.prepared import PreparedUpdateReturning, insert_row, update_where
 from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
 from workers.store import ModelSpec, StoreError, get_store
@@ -227,49 +227,72 @@ def _fail_worker_lost(job: Job, now: datetime) -> None:
     job_event_publish_on_commit(job)
 
 
+# Claims a queued first attempt and reads it back in one statement, with queue_ms worked out as _ms() does and
+# whether more first attempts of its model version are queued behind it (then the runner gathers a batch).
+_CLAIM_FIRST_ATTEMPT = PreparedUpdateReturning(
+    Job, sets=("status", "attempts", "started_at", "worker", "lease_expires_at"), where=("id", "status", "attempts"),
+    computed={"queue_ms": ("started_at", {
+        "sqlite": "ROUND(django_timestamp_diff(%s, {created_at}) / 1000.0, 3)",
+        "postgresql": "ROUND((EXTRACT(EPOCH FROM (%s - {created_at})) * 1000)::numeric, 3)::double precision",
+    })},
+    extra={vendor: "EXISTS (SELECT 1 FROM {table} AS behind WHERE behind.model_name = {model_name}"
+                   " AND behind.model_version = {model_version} AND behind.status = 'queued'"
+                   " AND behind.attempts = 0 AND behind.id <> {id})" for vendor in ("sqlite", "postgresql")},
+)
+
+
 def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     """Claim a job for this worker on delivery of its message; None when there is nothing to do.
 
     Nothing to do: the job ended or was canceled, or another live worker holds it (it was taken
     into that worker's batch, and its lease is fresh). A running job whose lease ran out lost its
     worker: it is claimed again, and after INFERQ_MAX_ATTEMPTS claims it fails with `worker_lost`.
+
+    The claimed job's `others_queued` says whether more first attempts of its model version were
+    queued when it was claimed (None: not asked).
     """
     now = timezone.now()
-    # Most deliveries are decided by one plain read: a first attempt still queued is claimed by an update
-    # guarded on the row being unchanged; a job that ended, or that a live worker took into its batch (its
-    # message arrives after it), is skipped. Only the rest (a lease that ran out) takes a locked transaction.
+    # Most deliveries are a first attempt still queued: one UPDATE … RETURNING claims it, reads it back and
+    # tells whether others are queued. The rest are decided by one plain read: a job that ended, or that a
+    # live worker took into its batch (its message arrives after it), is skipped; only a lease that ran out
+    # takes a locked transaction.
+    connection = transaction.get_connection(router.db_for_write(Job))
+    if _CLAIM_FIRST_ATTEMPT.supported(connection):
+        claimed = _CLAIM_FIRST_ATTEMPT(
+            values={"status": JobStatus.RUNNING, "attempts": 1, "started_at": now, "worker": worker,
+                    "lease_expires_at": _lease_until(now)},
+            computed={"queue_ms": now}, match={"id": job_id, "status": JobStatus.QUEUED, "attempts": 0})
+        if claimed is not None:
+            job, others = claimed
+            job.others_queued = bool(others)
+            _log_started(job)
+            return job
     seen = job_with_input_by_id(id=job_id)
     if seen is None or _held_or_ended(seen, now):
         return None
-    if seen.status == JobStatus.QUEUED and seen.attempts == 0 and _claimed_unchanged(seen, worker=worker, now=now):
-        job = seen
-    else:
-        with transaction.atomic():
-            locked = Job.objects.with_input().select_for_update().filter(id=job_id).first()
-            if locked is None or _held_or_ended(locked, now):
-                return None
-            if locked.attempts >= settings.INFERQ_MAX_ATTEMPTS:
-                _fail_worker_lost(locked, now)
-                return None
-            _claim(locked, worker=worker, now=now)
-            locked.save(update_fields=_CLAIM_FIELDS)
-        job = locked
+    with transaction.atomic():
+        locked = Job.objects.with_input().select_for_update().filter(id=job_id).first()
+        if locked is None or _held_or_ended(locked, now):
+            return None
+        if locked.attempts >= settings.INFERQ_MAX_ATTEMPTS:
+            _fail_worker_lost(locked, now)
+            return None
+        _claim(locked, worker=worker, now=now)
+        locked.save(update_fields=_CLAIM_FIELDS)
+    locked.others_queued = None
+    _log_started(locked)
+    return locked
+
+
+def _log_started(job: Job) -> None:
     logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
                                       "queue_ms": job.queue_ms, "attempt": job.attempts})
-    return job
 
 
 def _held_or_ended(job: Job, now: datetime) -> bool:
     if job.status not in ACTIVE_STATUSES:
         return True
     return job.status == JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > now
-
-
-def _claimed_unchanged(job: Job, *, worker: str, now: datetime) -> bool:
-    """Claim a queued first attempt with one update that applies only while the row is as it was read."""
-    _claim(job, worker=worker, now=now)
-    return bool(update_where(Job, values={name: getattr(job, name) for name in _CLAIM_FIELDS},
-                             exact={"id": job.id, "status": JobStatus.QUEUED, "attempts": 0}))
 
 
 def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit: int) -> list[Job]:
@@ -293,8 +316,7 @@ def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit:
         if jobs:
             Job.objects.bulk_update(jobs, _CLAIM_FIELDS)
     for job in jobs:
-        logger.info("job started", extra={"job_id": str(job.id), "model": job.model_name, "status": "running",
-                                          "queue_ms": job.queue_ms, "attempt": job.attempts})
+        _log_started(job)
     return jobs
 
 

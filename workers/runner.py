@@ -69,8 +69,8 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
     except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
         return []
     wanted = spec.batch_size - 1
-    if wanted <= 0 or not messages_waiting(spec.queue):
-        return []  # nothing else queued for this model: no need to ask the database
+    if wanted <= 0 or job.others_queued is False:
+        return []  # nobody else was queued for this model when the job was claimed: no need to look
     deadline = time.monotonic() + spec.batch_delay_ms / 1000.0
     extra: list[Job] = []
     while wanted > len(extra):
@@ -81,23 +81,6 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
             break
         time.sleep(min(0.001, remaining))
     return extra
-
-
-def messages_waiting(queue: str) -> bool:
-    """Whether the model's broker queue holds messages: one cheap round trip instead of a query per lone job.
-
-    True when the broker cannot say (not Redis, or a blip): then the database decides, as before.
-    """
-    from api.publish import broker_client
-    from project.celery import app
-
-    client = broker_client(app)
-    if client is None:
-        return True
-    try:
-        return bool(client.llen(queue))
-    except Exception:  # noqa: BLE001 - an optimisation only; the claim query is the authority
-        return True
 
 
 def run_claimed(jobs: list[Job]) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from api.events import job_channel, job_wait, jobs_wait_held, parse_prefer_wait, parse_query_wait, wait_slot
+from api.events import (
+    EVENT_ROW_MAX_BYTES,
+    job_channel,
+    job_event_body,
+    job_from_event,
+    job_wait,
+    jobs_wait_held,
+    parse_prefer_wait,
+    parse_query_wait,
+    wait_slot,
+)
 from api.exceptions import InvalidInput
 from api.models import Job, JobStatus
 from api.services import job_cancel, job_fail, job_start, job_succeed
@@ -78,7 +90,54 @@ def test_success_failure_and_cancel_each_publish_the_final_status(make_job: Any,
         job_fail(job=jobs[1], code="inference_error", message="boom")
         job_cancel(job=jobs[2])
 
-    assert [next_message(p)["data"] for p in channels] == [b"succeeded", b"failed", b"canceled"]
+    bodies = [json.loads(next_message(p)["data"]) for p in channels]
+    assert [body["status"] for body in bodies] == ["succeeded", "failed", "canceled"]
+    assert [body["row"]["id"] for body in bodies] == [str(job.id) for job in jobs]
+
+
+def fields_of(job: Job) -> dict[str, Any]:
+    """Every column a waiter answers from (the input bytes are never read by the web tier)."""
+    return {f.attname: getattr(job, f.attname) for f in Job._meta.concrete_fields if f.attname != "input_data"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("end", ["succeed", "fail", "cancel", "worker_lost"])
+def test_the_event_carries_the_row_as_committed(make_job: Any, subscriber: Any, settings: Any, end: str,
+                                                django_capture_on_commit_callbacks: Any) -> None:
+    settings.INFERQ_MAX_ATTEMPTS = 1
+    job = make_job(b"row")
+    stale = Job.objects.get(id=job.id)  # what a waiter read while the job was queued
+    channel = subscriber(job.id)
+    with django_capture_on_commit_callbacks(execute=True):
+        claimed = job_start(job_id=job.id, worker="w1")
+        if end == "succeed":
+            job_succeed(job=claimed, result={"top": [1, 2.5, "x"]}, inference_ms=2.25, batch_size=3)
+        elif end == "fail":
+            job_fail(job=claimed, code="invalid_input", message="not a digit", inference_ms=0.5)
+        elif end == "cancel":
+            job_cancel(job=Job.objects.get(id=job.id))
+        else:
+            Job.objects.filter(id=job.id).update(lease_expires_at=None)
+            assert job_start(job_id=job.id, worker="w2") is None
+
+    assert job_from_event(stale, next_message(channel)["data"]) is True
+    assert fields_of(stale) == fields_of(Job.objects.get(id=job.id))
+
+
+def test_an_event_without_the_row_is_refused() -> None:
+    job = Job(id=uuid.uuid4())
+    other = Job(id=uuid.uuid4(), status=JobStatus.SUCCEEDED)
+    assert job_from_event(job, b"succeeded") is False  # an older worker's event: the status alone
+    assert job_from_event(job, job_event_body(other).encode()) is False  # another job's row
+    assert job_from_event(job, b'{"row": []}') is False
+    assert job.status == JobStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_a_large_result_sends_the_status_alone(make_job: Any, settings: Any) -> None:
+    job = make_job(b"big")
+    job.status, job.result = JobStatus.SUCCEEDED, {"mask": "x" * EVENT_ROW_MAX_BYTES}
+    assert job_event_body(job) == "succeeded"
 
 
 @pytest.mark.django_db
@@ -95,7 +154,7 @@ def test_a_job_failing_out_of_attempts_publishes_once_committed(make_job: Any, s
     assert channel.get_message(timeout=0.05) is None  # nothing before the commit
     for callback in callbacks:
         callback()
-    assert next_message(channel)["data"] == b"failed"
+    assert json.loads(next_message(channel)["data"])["status"] == "failed"
 
 
 @pytest.mark.django_db
@@ -105,7 +164,7 @@ def test_a_second_finish_publishes_nothing(make_job: Any, subscriber: Any,
     channel = subscriber(job.id)
     with django_capture_on_commit_callbacks(execute=True):
         job_succeed(job=job, result={}, inference_ms=1.0)
-    assert next_message(channel)["data"] == b"succeeded"
+    assert json.loads(next_message(channel)["data"])["status"] == "succeeded"
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         assert job_succeed(job=Job.objects.get(id=job.id), result={}, inference_ms=1.0) is False
@@ -127,6 +186,29 @@ def test_a_waiter_wakes_on_the_event(make_job: Any, fake_redis: Any) -> None:
     worker.join(5)
     assert ended.status == JobStatus.SUCCEEDED
     assert ended.result == {"answer": 42}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("carries_row", [True, False])
+def test_a_waiter_answers_from_the_events_row_without_reading_it_again(make_job: Any, fake_redis: Any,
+                                                                       monkeypatch: Any, carries_row: bool) -> None:
+    import api.events
+
+    if not carries_row:  # an older worker, or a result too large for the event: the status alone
+        monkeypatch.setattr(api.events, "job_event_body", lambda job: str(job.status))
+    job = make_job(b"wake me")
+    reads: list[int] = []
+    real_refresh = api.events._refresh
+    monkeypatch.setattr(api.events, "_refresh", lambda jobs: reads.append(len(jobs)) or real_refresh(jobs))
+    worker = finish_when_subscribed(fake_redis, job.id, result={"answer": 42})
+
+    [ended] = jobs_wait_held(jobs=[job], timeout=10)
+
+    worker.join(5)
+    assert ended.status == JobStatus.SUCCEEDED and ended.result == {"answer": 42}
+    assert fields_of(ended) == fields_of(Job.objects.get(id=job.id))
+    # One read right after subscribing (an end before it would be missed otherwise); a second only without the row.
+    assert reads == ([1] if carries_row else [1, 1])
 
 
 @pytest.mark.django_db(transaction=True)

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from api import services
 from api.models import Job, JobStatus
-from api.services import job_cancel, job_fail, job_input_read, job_requeue_orphans, job_start, job_succeed
+from api.services import _ms, job_cancel, job_fail, job_input_read, job_requeue_orphans, job_start, job_succeed
 
 pytestmark = pytest.mark.django_db
 
@@ -41,6 +42,45 @@ def test_job_start_claims_a_queued_job(make_job: Any) -> None:
     assert job.worker == "w1@host"
     assert job.started_at is not None and job.started_at >= job.created_at
     assert job.queue_ms is not None and job.queue_ms >= 0
+
+
+def test_job_start_reads_back_the_claimed_row_in_one_statement(make_job: Any, django_assert_num_queries: Any) -> None:
+    job = make_job(b"payload")
+
+    with django_assert_num_queries(1):
+        claimed = job_start(job_id=job.id, worker="w1")
+
+    assert claimed is not None
+    row = Job.objects.with_input().get(id=job.id)
+    for field in ("status", "attempts", "worker", "started_at", "lease_expires_at", "queue_ms", "created_at"):
+        assert getattr(claimed, field) == getattr(row, field), field
+    assert job_input_read(claimed) == b"payload"
+    # The database works queue_ms out as the Python side always has: milliseconds to 3 places.
+    assert row.queue_ms == _ms(row.created_at, row.started_at)
+
+
+def test_job_start_says_whether_more_first_attempts_of_its_model_are_queued(make_job: Any) -> None:
+    first, second, third = make_job(b"1"), make_job(b"2"), make_job(b"3")
+    assert job_start(job_id=first.id, worker="w1").others_queued is True  # second and third wait
+    Job.objects.filter(id=third.id).update(attempts=1)  # a retry is never a batch mate
+    assert job_start(job_id=second.id, worker="w1").others_queued is False
+    Job.objects.filter(id=third.id).update(model_version="2")
+    other_version = make_job(b"4")
+    assert job_start(job_id=other_version.id, worker="w1").others_queued is False
+
+
+def test_job_start_without_returning_claims_by_read_and_lock(make_job: Any, monkeypatch: Any) -> None:
+    """A database without UPDATE … RETURNING (SQLite before 3.35) takes the locked path and leaves the probe unasked."""
+    monkeypatch.setattr(services._CLAIM_FIRST_ATTEMPT, "supported", lambda connection: False)
+    job, _ = make_job(), make_job()
+
+    claimed = job_start(job_id=job.id, worker="w1")
+
+    assert claimed is not None and claimed.others_queued is None
+    row = Job.objects.get(id=job.id)
+    assert (row.status, row.attempts, row.worker) == (JobStatus.RUNNING, 1, "w1")
+    assert row.queue_ms == _ms(row.created_at, row.started_at)
+    assert job_start(job_id=job.id, worker="w2") is None
 
 
 def test_job_start_of_an_unknown_job_is_none(db: Any) -> None:

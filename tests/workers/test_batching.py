@@ -195,20 +195,12 @@ def test_a_partial_batch_waits_for_more_until_the_delay(echo_model: Path, make_j
     assert {Job.objects.get(id=j.id).batch_size for j in [first, second, *late]} == {3}
 
 
-@pytest.mark.parametrize("waiting", [0, 2])
-def test_on_redis_the_broker_queue_decides_whether_to_look_for_batch_mates(echo_model: Path, make_jobs: Any,
-                                                                           monkeypatch: Any, waiting: int) -> None:
-    """An empty model queue on a Redis broker means nobody else is queued: no claim query for a lone job."""
-    import fakeredis
-
-    import api.publish
-
+@pytest.mark.parametrize("others", [0, 2])
+def test_the_claim_decides_whether_to_look_for_batch_mates(echo_model: Path, make_jobs: Any, monkeypatch: Any,
+                                                           others: int) -> None:
+    """The statement that claims the job also says whether others are queued: no claim query for a lone job."""
     set_batching(echo_model, batch_size=8)
-    first, *_ = make_jobs([b"a", b"b", b"c"])  # published to the unit tests' memory broker
-    broker = fakeredis.FakeRedis()  # the Redis broker's view of the model's queue
-    for _ in range(waiting):
-        broker.lpush("inferq.model.echo", b"message")
-    monkeypatch.setattr(api.publish, "broker_client", lambda app: broker)
+    first, *_ = make_jobs([b"a", *[b"b"] * others])
     claims: list[int] = []
     real_claim = runner.job_claim_queued
     monkeypatch.setattr(runner, "job_claim_queued", lambda **kw: claims.append(kw["limit"]) or real_claim(**kw))
@@ -216,7 +208,7 @@ def test_on_redis_the_broker_queue_decides_whether_to_look_for_batch_mates(echo_
     runner.run_job(str(first.id))
 
     ran_together = Job.objects.get(id=first.id).batch_size
-    if waiting:
-        assert claims and ran_together == 3
+    if others:
+        assert claims and ran_together == 1 + others
     else:
         assert claims == [] and ran_together == 1
