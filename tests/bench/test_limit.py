@@ -1,0 +1,46 @@
+"""bench.limit's latency loop: back to back, or paced like a served client (idle before each timed call)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import limit
+
+
+def run_limit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: Path,
+              *extra: str) -> tuple[dict[str, Any], list[float]]:
+    slept: list[float] = []
+    monkeypatch.setattr(limit.time, "sleep", slept.append)
+    monkeypatch.setattr(sys, "argv", ["bench.limit", str(store), "digits", "--images", "4", "--batch-sizes", "1",
+                                      "--threads", "1", "--latency", "3", *extra])
+    limit.main()
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1]), slept
+
+
+def test_the_paced_loop_idles_before_each_timed_call(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str], digits_store: Path) -> None:
+    out, slept = run_limit(monkeypatch, capsys, digits_store, "--gap-ms", "7.5")
+    assert slept == [0.0075] * 3
+    assert out["latency_ms"]["p50"] > 0
+
+
+def test_without_a_gap_the_calls_run_back_to_back(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str], digits_store: Path) -> None:
+    out, slept = run_limit(monkeypatch, capsys, digits_store)
+    assert slept == []
+    assert out["latency_ms"]["p50"] > 0
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.export import export_digits
+    from workers.store import ModelStore
+
+    root = tmp_path_factory.mktemp("bench-store")
+    export_digits(ModelStore(root), version="1", epochs=1)
+    return root
