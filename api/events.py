@@ -80,12 +80,12 @@ def job_from_event(job: Job, body: bytes | str) -> bool:
 
 def job_event_publish(job: Job) -> None:
     """Announce that `job` ended and count it for /metrics; a Redis error is logged, never raised."""
-    metrics_record_finished(job)
     try:
         get_redis().publish(job_channel(job.id), job_event_body(job))
     except RedisError as exc:
         logger.warning("could not publish the end of job %s: %s", job.id, exc,
                        extra={"job_id": str(job.id), "model": job.model_name, "status": str(job.status)})
+    metrics_record_finished(job)  # after the waiters are woken: /metrics can wait, they should not
 
 
 def job_event_publish_on_commit(job: Job) -> None:
