@@ -10,6 +10,7 @@ the instance it returns is the one `QuerySet.get()` would have built.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from django.db import connections, models, router
@@ -17,7 +18,27 @@ from django.db import connections, models, router
 M = TypeVar("M", bound=models.Model)
 
 
-class PreparedGet(Generic[M]):
+class _BuiltPerVendor:
+    """A statement whose SQL (and result converters) is built once per database vendor, then reused."""
+
+    _built: dict[str, tuple[str, list[Any]]]
+
+    def _build(self, connection: Any) -> tuple[str, list[Any]]:
+        raise NotImplementedError
+
+    def _fetch_one(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[Any, list[Any], Any]:
+        """Run the statement on `alias` with params(connection): (its first row or None, converters, connection)."""
+        connection = connections[alias]
+        built = self._built.get(connection.vendor)
+        if built is None:
+            built = self._built[connection.vendor] = self._build(connection)
+        sql, converters = built
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params(connection))
+            return cursor.fetchone(), converters, connection
+
+
+class PreparedGet(_BuiltPerVendor, Generic[M]):
     """`PreparedGet(Job, "id", "owner")(id=..., owner=...)`: the one row matching every field, or None.
 
     Fields named in `defer` are left out of the SELECT and load on first access, as with `QuerySet.defer`.
@@ -48,15 +69,8 @@ class PreparedGet(Generic[M]):
 
     def __call__(self, **values: Any) -> M | None:
         alias = router.db_for_read(self.model)
-        connection = connections[alias]
-        built = self._built.get(connection.vendor)
-        if built is None:
-            built = self._built[connection.vendor] = self._build(connection)
-        sql, converters = built
-        params = [field.get_db_prep_value(values[field.name], connection, prepared=False) for field in self.fields]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        row, converters, connection = self._fetch_one(alias, lambda connection: [
+            field.get_db_prep_value(values[field.name], connection, prepared=False) for field in self.fields])
         if row is None:
             return None
         return _instance(self.model, alias, self.attnames, row, converters, connection)
@@ -89,7 +103,7 @@ def _instance(model: type[M], alias: str, attnames: list[str], row: Any, convert
     return model.from_db(alias, attnames, values[: len(attnames)])
 
 
-class PreparedUpdateReturning(Generic[M]):
+class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
     """Change one row and read it back in one statement: `UPDATE … SET … WHERE … RETURNING <every column>, <extra>`.
 
     `sets` are fields given new values and `where` fields matched exactly, both as parameters.
@@ -134,20 +148,16 @@ class PreparedUpdateReturning(Generic[M]):
 
     def __call__(self, *, values: dict[str, Any], computed: dict[str, Any] | None = None,
                  match: dict[str, Any]) -> tuple[M, Any] | None:
-        alias = router.db_for_write(self.model)
-        connection = connections[alias]
-        built = self._built.get(connection.vendor)
-        if built is None:
-            built = self._built[connection.vendor] = self._build(connection)
-        sql, converters = built
         computed = computed or {}
-        params = [f.get_db_prep_save(values[f.name], connection) for f in self.sets]
-        params += [param.get_db_prep_value(computed[f.name], connection, prepared=False)
-                   for f, param, _ in self.computed]
-        params += [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+
+        def params(connection: Any) -> list[Any]:
+            return ([f.get_db_prep_save(values[f.name], connection) for f in self.sets]
+                    + [param.get_db_prep_value(computed[f.name], connection, prepared=False)
+                       for f, param, _ in self.computed]
+                    + [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where])
+
+        alias = router.db_for_write(self.model)
+        row, converters, connection = self._fetch_one(alias, params)
         if row is None:
             return None
         extra = row[len(self.attnames)] if self.extra else None
