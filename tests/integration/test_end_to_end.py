@@ -116,26 +116,39 @@ def test_flower_gets_each_jobs_task_events(service: Service) -> None:
     """What Flower listens to: the worker's task events on the broker, received to succeeded, for each job."""
     import threading
 
+    import redis
     from celery import Celery
 
     app = Celery()
     seen: dict[str, list[str]] = {}
-    ready = threading.Event()
+    broker = redis.Redis.from_url(service.env["REDIS_URL"])
+    patterns_before = broker.pubsub_numpat()
     with app.connection_for_read(service.env["REDIS_URL"]) as connection:
         receiver = app.events.Receiver(connection, handlers={
             "*": lambda event: seen.setdefault(event.get("uuid", ""), []).append(event["type"])})
-        receiver.on_consume_ready = lambda *args, **kwargs: ready.set()
         listener = threading.Thread(target=receiver.capture, kwargs={"timeout": 60, "wakeup": False}, daemon=True)
         listener.start()
         try:
-            assert ready.wait(10)
-            job = service.submit("digits", _digit(), "image/png", Prefer="wait=10").json()
-            assert job["status"] == "succeeded", job
-            wait_until(lambda: "task-succeeded" in seen.get(job["id"], []), 10, "the job's task events")
+            # kombu subscribes to the event exchange on its first read, after the consumer says it is ready.
+            wait_until(lambda: broker.pubsub_numpat() > patterns_before, 10, "the event receiver's subscription")
+            # Bytes no job has had: an input answered before would come from the result cache, with no task.
+            job = service.submit("digits", _unseen_digit(), "image/png", Prefer="wait=10").json()
+            assert job["status"] == "succeeded" and not job["cached"], job
+            wait_until(lambda: "task-succeeded" in seen.get(job["id"], []), 10, "the job's task events",
+                       [service.log("worker")])
         finally:
             receiver.should_stop = True
             listener.join(5)
     assert seen[job["id"]] == ["task-received", "task-started", "task-succeeded"]
+
+
+def _unseen_digit() -> bytes:
+    """A digit-sized PNG of random pixels, different on every call."""
+    import numpy as np
+
+    from workers.digits import render_png
+
+    return render_png(np.random.default_rng().uniform(0, 16, (8, 8)))
 
 
 def _digit() -> bytes:
