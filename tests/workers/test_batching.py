@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -164,11 +166,18 @@ def test_a_job_retried_after_a_lost_worker_runs_alone(echo_model: Path, make_job
     assert job_claim_queued(model_name="echo", model_version="1", worker="w2", limit=8) == []
 
 
+def sleeps_in_this_thread(monkeypatch: Any, fake: Callable[[float], None]) -> None:
+    """time.sleep is the time module's, shared by the whole test process: replace it for the test's own thread only,
+    so that other threads (the metrics flusher, a lease renewer) keep sleeping for real instead of spinning."""
+    real, me = time.sleep, threading.current_thread()
+    monkeypatch.setattr(runner.time, "sleep", lambda s: fake(s) if threading.current_thread() is me else real(s))
+
+
 def test_a_lone_job_does_not_wait_for_a_batch_to_fill(echo_model: Path, make_jobs: Any, monkeypatch: Any) -> None:
     set_batching(echo_model, batch_size=8, delay_ms=60_000)
     (job,) = make_jobs([b"alone"])
     slept: list[float] = []
-    monkeypatch.setattr(runner.time, "sleep", slept.append)
+    sleeps_in_this_thread(monkeypatch, slept.append)
 
     runner.run_job(str(job.id))
 
@@ -188,7 +197,7 @@ def test_a_partial_batch_waits_for_more_until_the_delay(echo_model: Path, make_j
         if not late:
             late.extend(make_jobs([b"three"]))
 
-    monkeypatch.setattr(runner.time, "sleep", fake_sleep)
+    sleeps_in_this_thread(monkeypatch, fake_sleep)
     runner.run_job(str(first.id))
 
     assert calls, "the leader should have waited for more jobs"
