@@ -254,8 +254,8 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
     now = timezone.now()
     # Most deliveries are a first attempt still queued: one UPDATE … RETURNING claims it, reads it back and
     # tells whether others are queued. The rest are decided by one plain read: a job that ended, or that a
-    # live worker took into its batch (its message arrives after it), is skipped; only a lease that ran out
-    # takes a locked transaction.
+    # live worker took into its batch (its message arrives after it), is skipped; the others (a lease that ran
+    # out, or any claim on a database without RETURNING) take a locked transaction.
     connection = transaction.get_connection(router.db_for_write(Job))
     if _CLAIM_FIRST_ATTEMPT.supported(connection):
         claimed = _CLAIM_FIRST_ATTEMPT(
@@ -279,8 +279,7 @@ def job_start(*, job_id: str | UUID, worker: str) -> Job | None:
             return None
         _claim(locked, worker=worker, now=now)
         locked.save(update_fields=_CLAIM_FIELDS)
-    locked.others_queued = None
-    _log_started(locked)
+    _log_started(locked)  # others_queued stays None (not asked): the runner asks the database itself
     return locked
 
 
