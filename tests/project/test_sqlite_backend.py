@@ -1,7 +1,10 @@
-"""project.sqlite queues concurrent writers on a flock, so none sees "database is locked" even with no busy timeout."""
+"""project.sqlite queues write transactions on a flock, so none sees "database is locked" even with no busy timeout;
+a single write statement outside a transaction takes no flock and waits in SQLite's busy handler instead."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +20,9 @@ INSERT = "INSERT INTO t (k) VALUES ('row')"
 COUNT = "SELECT count(*) FROM t"
 
 
-def handler_for(name: str) -> ConnectionHandler:
-    """Busy timeout 0: a writer that finds SQLite's write lock taken fails at once instead of retrying."""
-    options = {"timeout": 0, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+def handler_for(name: str, timeout: float = 0) -> ConnectionHandler:
+    """Busy timeout 0 by default: a writer that finds SQLite's write lock taken fails at once instead of retrying."""
+    options = {"timeout": timeout, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     return ConnectionHandler({"default": {"ENGINE": "project.sqlite", "NAME": name, "OPTIONS": options}})
 
 
@@ -113,7 +116,11 @@ def test_concurrent_write_transactions_queue_instead_of_failing(handler: Connect
     assert scalar(handler, COUNT) == 1 + THREADS * EACH
 
 
-def test_autocommit_writes_queue_with_write_transactions(handler: ConnectionHandler) -> None:
+def test_autocommit_writes_wait_for_write_transactions_in_the_busy_handler(tmp_path: Path) -> None:
+    handler = handler_for(str(tmp_path / "db.sqlite3"), timeout=5)  # the busy timeout settings.py sets
+    main = handler["default"]
+    main.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, n INTEGER NOT NULL DEFAULT 0)")
+    main.cursor().execute("INSERT INTO t (k) VALUES ('counter')")
     half = THREADS // 2
     assert run_all(handler, [autocommit_writes] * half + [transactions] * half) == []
     assert scalar(handler, "SELECT n FROM t WHERE k = 'counter'") == half * EACH
@@ -136,7 +143,27 @@ def test_a_writer_waits_for_an_open_transaction_and_a_reader_does_not(handler: C
     assert scalar(handler, COUNT) == 2 + EACH
 
 
-def test_the_lock_is_released_after_a_rollback_an_exception_or_an_autocommit_write(handler: ConnectionHandler) -> None:
+def test_a_single_write_statement_takes_no_flock_and_a_transaction_does(handler: ConnectionHandler, tmp_path: Path) -> None:
+    """Held across the statement, the flock made it wait for the GIL twice while every other writer waited for it."""
+    fd = os.open(tmp_path / "db.sqlite3-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a transaction in another process would hold it
+    errors: list[Exception] = []
+    try:
+        statement = start(handler, lambda w: w.cursor().execute(INSERT), errors)
+        statement.join(timeout=2)
+        assert not statement.is_alive() and errors == []
+        transaction = start(handler, transactions, errors)
+        time.sleep(0.2)
+        assert transaction.is_alive()  # queued on the flock
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    transaction.join(timeout=5)
+    assert not transaction.is_alive() and errors == []
+    assert scalar(handler, COUNT) == 1 + 1 + EACH
+
+
+def test_the_lock_is_released_after_a_commit_a_rollback_or_an_exception(handler: ConnectionHandler) -> None:
     main = handler["default"]
 
     def rolled_back() -> None:
@@ -150,10 +177,18 @@ def test_the_lock_is_released_after_a_rollback_an_exception_or_an_autocommit_wri
             cursor.execute(INSERT)
             raise RuntimeError
 
-    for then in (rolled_back, raised, lambda: main.cursor().execute(INSERT)):
+    def committed() -> None:
+        with write_transaction(main) as cursor:
+            cursor.execute(INSERT)
+
+    def one_transaction(w: Any) -> None:
+        with write_transaction(w) as cursor:
+            cursor.execute(INSERT)
+
+    for then in (committed, rolled_back, raised):
         then()  # main's connection stays open: only the release, not a close, can let the next writer in
         errors: list[Exception] = []
-        writer = start(handler, lambda w: w.cursor().execute(INSERT), errors)
+        writer = start(handler, one_transaction, errors)
         writer.join(timeout=2)
         assert not writer.is_alive() and errors == []
     assert scalar(handler, COUNT) == 1 + 1 + 3
