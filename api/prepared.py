@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from django.db import connections, models, router
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 
 M = TypeVar("M", bound=models.Model)
 
@@ -93,14 +95,27 @@ def _converters(connection: Any, table: str, columns: list[Any]) -> list[Any]:
 
 
 def _instance(model: type[M], alias: str, attnames: list[str], row: Any, converters: list[Any], connection: Any) -> M:
-    """The instance the ORM would build from `row` (converted as its compiler converts)."""
+    """The instance the ORM would build from `row` (converted as its compiler converts).
+
+    `Model.from_db` goes through `__init__`, which sets each field through `setattr` and sends
+    `pre_init` and `post_init`: a third of reading a Job row. With no receiver for either signal,
+    the values go straight into the instance's `__dict__`, where `__init__` would have put them
+    (the descriptors of a foreign key's and a file field's attribute store them there too), and a
+    field left out stays deferred, loading on access.
+    """
     values = list(row)
     for index, functions, col in converters:
         value = values[index]
         for convert in functions:
             value = convert(value, col, connection)
         values[index] = value
-    return model.from_db(alias, attnames, values[: len(attnames)])
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        return model.from_db(alias, attnames, values[: len(attnames)])
+    instance = model.__new__(model)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, alias
+    instance.__dict__.update(zip(attnames, values))
+    return instance
 
 
 class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):

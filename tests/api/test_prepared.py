@@ -148,3 +148,27 @@ def test_newest_and_not_null_pick_what_order_by_first_would(user: Any, make_job:
     assert found is not None and expected is not None
     assert found.id == expected.id == jobs[2].id and found.result == {"r": 2}
     assert read(input_sha256="0" * 64, status=JobStatus.SUCCEEDED) is None
+
+
+def test_a_model_with_init_signal_receivers_is_built_through_its_init(user: Any, make_job: Any) -> None:
+    """Without receivers the row goes straight into the instance; with one, `from_db` runs and it fires."""
+    from django.db.models.signals import post_init
+
+    job = make_job(b"x")
+    get = PreparedGet(Job, "id", defer=("input_data",))
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    plain = get(id=job.id)
+    post_init.connect(receiver, sender=Job)
+    try:
+        built = get(id=job.id)
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert seen == [built]
+    assert plain is not None and built is not None
+    assert plain.get_deferred_fields() == built.get_deferred_fields() == {"input_data"}
+    assert field_values(plain) == field_values(built) == field_values(Job.objects.get(id=job.id))
+    assert plain._state.adding is built._state.adding is False and plain._state.db == built._state.db == "default"
