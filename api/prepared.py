@@ -114,7 +114,7 @@ def _instance(model: type[M], alias: str, attnames: list[str], row: Any, convert
     instance = model.__new__(model)
     state = instance._state = ModelState()
     state.adding, state.db = False, alias
-    instance.__dict__.update(zip(attnames, values))
+    instance.__dict__.update(zip(attnames, values, strict=False))  # values may run on past the row (an extra)
     return instance
 
 

@@ -143,7 +143,8 @@ def test_a_writer_waits_for_an_open_transaction_and_a_reader_does_not(handler: C
     assert scalar(handler, COUNT) == 2 + EACH
 
 
-def test_a_single_write_statement_takes_no_flock_and_a_transaction_does(handler: ConnectionHandler, tmp_path: Path) -> None:
+def test_a_single_write_statement_takes_no_flock_and_a_transaction_does(handler: ConnectionHandler,
+                                                                       tmp_path: Path) -> None:
     """Held across the statement, the flock made it wait for the GIL twice while every other writer waited for it."""
     fd = os.open(tmp_path / "db.sqlite3-writelock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a transaction in another process would hold it
