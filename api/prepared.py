@@ -11,7 +11,7 @@ the instance it returns is the one `QuerySet.get()` would have built.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from django.db import connections, models, router
 from django.db.models.base import ModelState
@@ -111,7 +111,7 @@ def _instance(model: type[M], alias: str, attnames: list[str], row: Any, convert
         values[index] = value
     if pre_init.has_listeners(model) or post_init.has_listeners(model):
         return model.from_db(alias, attnames, values[: len(attnames)])
-    instance = model.__new__(model)
+    instance = cast(M, object.__new__(model))
     state = instance._state = ModelState()
     state.adding, state.db = False, alias
     instance.__dict__.update(zip(attnames, values, strict=False))  # values may run on past the row (an extra)
