@@ -98,7 +98,7 @@ def _instance(model: type[M], alias: str, attnames: list[str], row: Any, convert
     """The instance the ORM would build from `row` (converted as its compiler converts).
 
     `Model.from_db` goes through `__init__`, which sets each field through `setattr` and sends
-    `pre_init` and `post_init`: a third of reading a Job row. With no receiver for either signal,
+    `pre_init` and `post_init`: a sixth of reading a Job row. With no receiver for either signal,
     the values go straight into the instance's `__dict__`, where `__init__` would have put them
     (the descriptors of a foreign key's and a file field's attribute store them there too), and a
     field left out stays deferred, loading on access.
