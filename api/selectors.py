@@ -23,12 +23,17 @@ job_by_id = PreparedGet(Job, "id", defer=("input_data",))
 job_with_input_by_id = PreparedGet(Job, "id")
 
 
+def _id_or_not_found(kind: str, value: str) -> UUID:
+    """A job's or batch's id from a URL; a malformed one is simply not found (404), as anyone else's is."""
+    try:
+        return UUID(str(value))
+    except ValueError as exc:
+        raise NotFound(f"No {kind} {value!r}: {kind} ids are UUIDs.", code="not_found") from exc
+
+
 def job_get(*, user: AbstractBaseUser, job_id: str) -> Job:
     """The caller's job; anyone else's (or a malformed id) is simply not found."""
-    try:
-        uuid = UUID(str(job_id))
-    except ValueError as exc:
-        raise NotFound(f"No job {job_id!r}: job ids are UUIDs.", code="not_found") from exc
+    uuid = _id_or_not_found("job", job_id)
     job = _job_by_id_and_owner(id=uuid, owner=user.pk)
     if job is None:
         raise NotFound(f"No job {uuid}.", code="not_found")
@@ -54,10 +59,7 @@ def job_list(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -
 
 def batch_get(*, user: AbstractBaseUser, batch_id: str) -> Batch:
     """The caller's batch; anyone else's (or a malformed id) is simply not found."""
-    try:
-        uuid = UUID(str(batch_id))
-    except ValueError as exc:
-        raise NotFound(f"No batch {batch_id!r}: batch ids are UUIDs.", code="not_found") from exc
+    uuid = _id_or_not_found("batch", batch_id)
     batch = Batch.objects.filter(id=uuid, owner=user).first()
     if batch is None:
         raise NotFound(f"No batch {uuid}.", code="not_found")
