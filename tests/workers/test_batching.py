@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from django.utils import timezone
 
 from api.inputs import ModelInput
 from api.models import Job, JobStatus
 from api.services import job_claim_queued, job_create, job_leases_renew, job_requeue_orphans, job_start, model_spec_get
 from tests.api.helpers import broker_messages
+from tests.workers.helpers import acting_as_worker
 from workers import runner
 
 pytestmark = pytest.mark.django_db
@@ -27,12 +27,8 @@ WORKER = "celery@batcher"
 
 @pytest.fixture(autouse=True)
 def worker_state(tmp_path: Path, settings: Any) -> Iterator[None]:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    saved = dict(runner._state)
-    runner.configure(device=torch.device("cpu"), hostname=WORKER)
-    yield
-    runner._state.update(saved)
-    broker_messages("inferq.model.echo")
+    with acting_as_worker(tmp_path, settings, WORKER):
+        yield
 
 
 def set_batching(model_dir: Path, batch_size: int, delay_ms: float = 0) -> None:

@@ -13,7 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from api.models import Job, JobStatus
 from api.services import job_cancel, job_start
-from tests.api.helpers import broker_messages
+from tests.workers.helpers import acting_as_worker
 from workers import handlers, runner
 from workers.handlers import EchoHandler
 
@@ -24,13 +24,8 @@ HOSTNAME = "celery@test-worker"
 
 @pytest.fixture(autouse=True)
 def worker_state(tmp_path: Path, settings: Any) -> Iterator[None]:
-    """This process acts as one worker: a known hostname, the CPU, inputs in a temp media root."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    saved = dict(runner._state)
-    runner.configure(device=torch.device("cpu"), hostname=HOSTNAME)
-    yield
-    runner._state.update(saved)
-    broker_messages("inferq.model.echo")
+    with acting_as_worker(tmp_path, settings, HOSTNAME):
+        yield
 
 
 @pytest.fixture
