@@ -29,7 +29,7 @@ from bench import memory
 from bench.client import Client, rate, run_jobs
 from bench.images import photos
 from bench.stack import stack, start_worker, wait_online
-from tests.integration.conftest import Service
+from tests.integration.processes import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))

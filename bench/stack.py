@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.integration.conftest import BIN, Service, _base_env, free_port, wait_until
+from tests.integration.processes import BIN, Service, base_env, free_port, wait_until
 
 
 @contextmanager
@@ -18,7 +18,7 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
     """A running InferQ serving `models` from `store`; everything is stopped on exit."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    env = _base_env(workdir, store)
+    env = base_env(workdir, store)
     env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls", "LOG_LEVEL": "WARNING",
                 "INFERQ_MAX_QUEUED": "1000000", "INFERQ_RESULT_CACHE": "0",
                 **(extra_env or {})})

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import requests
 
-from tests.integration.conftest import BIN, FINAL, Service, _base_env, free_port, wait_until
+from tests.integration.processes import BIN, FINAL, Service, base_env, free_port, wait_until
 
 # Recovery in seconds rather than minutes: a lost worker's lease runs out after 4 s, beat sweeps every second
 # and clears left-over inputs every two.
@@ -168,7 +168,7 @@ def start_stack(workdir: Path, manifests: Iterable[dict[str, Any]], *, env: dict
     store = write_store(workdir / "store", manifests)
     if prepare is not None:
         prepare(store)
-    full_env = _base_env(workdir, store)
+    full_env = base_env(workdir, store)
     full_env.update(FAST_RECOVERY)
     tmp = workdir / "tmp"
     tmp.mkdir(exist_ok=True)

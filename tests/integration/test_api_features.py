@@ -25,7 +25,7 @@ from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.images import photo
-from tests.integration.conftest import Service, wait_until
+from tests.integration.processes import Service, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bench.images import photo
-from tests.integration.conftest import Service, wait_until
+from tests.integration.processes import Service, wait_until
 
 pytestmark = pytest.mark.integration
 

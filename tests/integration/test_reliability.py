@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import BIN, free_port, wait_until
 from tests.integration.harness import Stack, echo_manifest, pid_alive, start_stack, stop_stack
+from tests.integration.processes import BIN, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

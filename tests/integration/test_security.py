@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import BIN, ROOT, free_port, wait_until
 from tests.integration.harness import Stack, echo_manifest, start_stack, stop_stack
+from tests.integration.processes import BIN, ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.integration.conftest import ROOT, Service
+from tests.integration.processes import ROOT, Service
 
 pytestmark = pytest.mark.integration
 

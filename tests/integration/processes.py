@@ -1,0 +1,123 @@
+"""Start InferQ's processes for tests and benchmarks: free ports, waiting, and a handle on what runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FINAL = {"succeeded", "failed", "canceled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Any, timeout: float, what: str, logs: list[Path] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {p.name} ---\n{p.read_text()[-4000:]}" for p in logs or [] if p.exists())
+    raise TimeoutError(f"timed out waiting for {what} (last: {last!r})\n{tails}")
+
+
+@dataclass
+class Service:
+    """A running InferQ: base URL, a token, and the processes behind it."""
+
+    base: str
+    token: str
+    env: dict[str, str]
+    store: Path
+    workdir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.log(name), "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = 15, timeout: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(name, [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=INFO",
+                                 "--concurrency=1", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+                                 "--without-mingle", "--without-gossip", *extra])
+
+    def manage(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
+                             capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def submit(self, model: str, data: bytes, content_type: str, **headers: str) -> requests.Response:
+        return self.session.post(f"{self.base}/v1/models/{model}/jobs", data=data,
+                                 headers={**self.headers, "Content-Type": content_type, **headers}, timeout=30)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.session.get(f"{self.base}/v1/jobs/{job_id}", headers=self.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_job(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        return wait_until(lambda: (j := self.job(job_id))["status"] in FINAL and j, timeout,
+                          f"job {job_id}", [self.log("worker")])
+
+    def ready(self) -> bool:
+        return requests.get(f"{self.base}/readyz", timeout=5).status_code == 200
+
+
+
+def base_env(workdir: Path, store: Path) -> dict[str, str]:
+    """The environment each InferQ process of a test or benchmark run gets: this venv, its var dir, its store."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CELERY_BROKER_URL", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_SECRET_KEY": "integration-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+        "INFERQ_VAR_DIR": str(workdir),
+        "MODEL_STORE": str(store),
+        "INFERQ_HEARTBEAT_TTL": "6",
+        # TorchServe- and KServe-style clients that send no token (tests/integration/test_api_features.py).
+        "INFERQ_COMPAT_ALLOW_ANONYMOUS": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
