@@ -12,7 +12,9 @@ flock. SQLite holds its lock only inside that statement's step, which runs witho
 a writer that meets it waits in SQLite's busy handler (`busy_timeout`) without the GIL too. Under
 the flock such a statement held the lock while it waited, twice, for the GIL (after `flock`
 returned and after the step) behind the process's other request threads: with 2 web processes of
-8 threads, a submit waited 24 ms (median) for the lock and the web tier sat 15% idle.
+8 threads, a submit waited 24 ms (median) for the lock and the web tier sat 15% idle. Only a
+statement still locked out when its busy timeout runs out (a transaction held that long) falls
+back to queuing on the flock and runs again.
 
 Used when DATABASE_URL is unset (`project/settings.py`); PostgreSQL needs none of this.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from typing import Any
 
 from django.db.backends.sqlite3 import base
@@ -52,6 +55,27 @@ class WriteLock:
             self.fd = None
 
 
+class QueueWhenLockedCursorWrapper(base.SQLiteCursorWrapper):
+    """A single write statement that still finds the database locked when its busy timeout runs out (a write
+    transaction held longer than that) queues on the flock behind it and runs again, instead of failing."""
+
+    write_lock: WriteLock | None = None
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        try:
+            return super().execute(query, params)
+        except sqlite3.OperationalError as exc:
+            lock = self.write_lock
+            if lock is None or lock.held or self.connection.in_transaction or "locked" not in str(exc):
+                raise
+        # SQLite answered busy, so the statement did nothing: running it again is safe.
+        lock.acquire()
+        try:
+            return super().execute(query, params)
+        finally:
+            lock.release()
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +86,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if not self.is_in_memory_db():
             self._write_lock = WriteLock(f"{self.settings_dict['NAME']}-writelock")
         return connection
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = self.connection.cursor(factory=QueueWhenLockedCursorWrapper)
+        cursor.write_lock = self._write_lock
+        return cursor
 
     def _start_transaction_under_autocommit(self) -> None:
         lock = self._write_lock

@@ -164,6 +164,23 @@ def test_a_single_write_statement_takes_no_flock_and_a_transaction_does(handler:
     assert scalar(handler, COUNT) == 1 + 1 + EACH
 
 
+def test_a_single_write_locked_out_past_its_busy_timeout_queues_on_the_flock(tmp_path: Path) -> None:
+    """A transaction held longer than the busy timeout: the statement waits for it instead of failing."""
+    handler = handler_for(str(tmp_path / "db.sqlite3"), timeout=0.2)
+    main = handler["default"]
+    main.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, n INTEGER NOT NULL DEFAULT 0)")
+    errors: list[Exception] = []
+    with write_transaction(main) as cursor:
+        cursor.execute(INSERT)
+        statement = start(handler, lambda w: w.cursor().execute(INSERT), errors)
+        time.sleep(0.6)  # three busy timeouts
+        assert statement.is_alive() and errors == []  # queued behind the transaction, not failed
+    statement.join(timeout=5)
+    assert not statement.is_alive() and errors == []
+    assert scalar(handler, COUNT) == 2
+    main.close()
+
+
 def test_the_lock_is_released_after_a_commit_a_rollback_or_an_exception(handler: ConnectionHandler) -> None:
     main = handler["default"]
 
