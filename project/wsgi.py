@@ -5,6 +5,10 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# The web tier does no linear algebra: numpy (loaded with the URLconf, for .npy and tensor inputs) gets no
+# OpenBLAS thread pool. That pool's teardown at exit deadlocked now and then, so a stopping web process
+# waited out uWSGI's reload mercy and a recycled one never exited (uWSGI issue #2480's symptom).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 application = get_wsgi_application()
 

@@ -1,0 +1,34 @@
+"""The WSGI entry point as a web process loads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LOAD_AND_REPORT = """
+import json, sys
+import django.urls, threadpoolctl
+import project.wsgi
+django.urls.get_resolver().url_patterns  # the URLconf, as the first request loads it (numpy with it)
+assert "numpy" in sys.modules, "numpy was not loaded: nothing to check"
+print(json.dumps([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no pool on one core either way")
+def test_a_web_process_starts_no_openblas_thread_pool() -> None:
+    """Its teardown at exit deadlocked now and then: a stopping web process hung until uWSGI killed it."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env.update({"DJANGO_SETTINGS_MODULE": "project.settings", "DJANGO_SECRET_KEY": "x" * 50})
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_REPORT], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pools = json.loads(out.stdout.strip().splitlines()[-1])
+    assert pools and all(threads == 1 for threads in pools), pools
