@@ -11,13 +11,18 @@
     the client's pace (the same idle time before each call; back to back shown too)
 (f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI
 (g) memory: PSS of the worker pool serving the big model, 2 processes / 1
+
+The in-process figures ((a), (c) and (e)'s reference call) come from one lab process (bench/lab.py)
+that imports torch while the stack starts; it and the stack take turns, so each measurement runs
+alone. A new worker configuration starts while the previous one stops, and is measured once that
+one has exited. The bench's own process never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +33,8 @@ from typing import Any
 from bench import memory
 from bench.client import Client, rate, run_jobs
 from bench.images import photos
-from bench.stack import stack, start_worker, wait_online
+from bench.lab import Lab
+from bench.stack import settle, stack, start_worker, wait_online
 from tests.integration.processes import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,44 +51,42 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def ensure_store(root: Path, main: str, big: str) -> None:
-    from workers.export import export_digits, export_torchvision
+def missing_models(root: Path, *architectures: str) -> list[str]:
     from workers.store import ModelStore
 
     store = ModelStore(root)
-    for arch in {main, big}:
-        if not store.versions(arch):
-            log(f"exporting {arch} (random weights) into {root}")
-            export_torchvision(store, arch, name=arch, version="1")
-    if not store.versions("digits"):
-        export_digits(store, version="1")
+    return [arch for arch in dict.fromkeys((*architectures, "digits")) if not store.versions(arch)]
 
 
-def subprocess_json(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def side_by_side_limit(store: Path, model: str, images: int, batch: int) -> float:
-    """One single-thread in-process loop per core, all at once: all their images over the wall-clock span
-    from the first loop's start to the last one's end (so a loop running alone at the end counts no extra)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.limit", str(store), model, "--images", str(images),
-                               "--batch-sizes", str(batch), "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True) for _ in range(CORES)]
-    runs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    span = max(r["finished"] for r in runs) - min(r["started"] for r in runs)
-    return images * len(runs) / span
+def ensure_store(root: Path, *architectures: str) -> None:
+    """Export (random weights) what the store lacks of these and `digits`."""
+    missing = missing_models(root, *architectures)
+    if missing:
+        log(f"exporting {', '.join(missing)} into {root}")
+        with Lab(root) as lab:
+            lab("export", architectures=missing)
 
 
 def restart_worker(svc: Service, *, models: list[str], concurrency: int, threads: int | None = None,
                    **env: str) -> None:
-    svc.stop("worker")
+    """Start a worker of this configuration while the running one stops (nothing is measured meanwhile);
+    return once the new one serves `models` and the old one has exited."""
+    old = svc.procs.pop("worker", None)
+    if old is not None and old.poll() is None:
+        os.killpg(old.pid, signal.SIGTERM)
     svc.env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_BATCHING": "1", **env})
     svc.env.pop("INFERQ_THREADS", None)
     if threads:
         svc.env["INFERQ_THREADS"] = str(threads)
     start_worker(svc, concurrency)
     wait_online(svc, models)
+    if old is not None:
+        try:
+            old.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(old.pid, signal.SIGKILL)
+            old.wait()
+    settle(svc)
 
 
 def throughput(svc: Service, model: str, images: list[bytes], concurrency: int) -> float:
@@ -131,65 +135,76 @@ def main() -> int:
     api_seconds = 1.0 if quick else 5.0
     size = (160, 120) if quick else (640, 480)
     store = ROOT / "var" / "bench" / "store"
-    ensure_store(store, main_model, big_model)
     images = photos(n_main, size)
+    wh = list(size)
     rows: list[tuple[str, str, str, str]] = []
-
-    log(f"(a) in-process limit, {main_model}")
-    limit = subprocess_json("bench.limit", str(store), main_model, "--images", str(n_main),
-                            "--batch-sizes", "1,4,8" if not quick else "1,4")
-    best_bs, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
-    per_core_rate = side_by_side_limit(store, main_model, n_main // 2, 4 if not quick else 2)
-    digits_inproc = subprocess_json("bench.limit", str(store), "digits", "--images", "64", "--batch-sizes", "1",
-                                    "--latency", "200")["latency_ms"]["p50"]
-
-    log(f"(c) one process per job, {big_model}")
-    base_rate = subprocess_json("bench.baseline", str(store), big_model, "--images", str(n_base))["images_per_s"]
-
     results: dict[str, Any] = {}
-    with stack(store, ROOT / "var" / "bench" / "run", models=[main_model], concurrency=DEFAULT_CONCURRENCY) as svc:
-        concurrency = DEFAULT_CONCURRENCY
-        log(f"(b) InferQ end to end, {main_model}")
-        results["b"] = throughput(svc, main_model, images, CLIENTS)
-        # (a) again at its best batch size, right after (b) and with InferQ idle: the host drifts over
-        # minutes, so (b) is compared with the mean of the limit measured on either side of it.
-        results["a_after"] = subprocess_json("bench.limit", str(store), main_model, "--images", str(n_main),
-                                             "--batch-sizes", str(best_bs))["rates"][str(best_bs)]
-        log("(d) batching off")
-        restart_worker(svc, models=[main_model], concurrency=concurrency, INFERQ_BATCHING="0")
-        results["d_off"] = throughput(svc, main_model, images, CLIENTS)
+    # The lab imports torch while the stack starts. Every measurement then runs alone: the stack
+    # sits idle through the lab's, the lab through the stack's.
+    with Lab(store) as lab:
+        missing = missing_models(store, main_model, big_model)
+        if missing:
+            log(f"exporting {', '.join(missing)} (random weights) into {store}")
+            lab("export", architectures=missing)
+        with stack(store, ROOT / "var" / "bench" / "run", models=[main_model, "digits"],
+                   concurrency=DEFAULT_CONCURRENCY) as svc:
+            concurrency = DEFAULT_CONCURRENCY
+            # The two measurements that fork come first (see bench/lab.py).
+            log(f"(c) one process per job, {big_model}")
+            base_rate = lab("baseline", model=big_model, images=n_base, size=wh)["images_per_s"]
+            log(f"(a) in-process limit, {main_model}")
+            per_core_rate = lab("per_core", model=main_model, images=n_main // 2, batch=4 if not quick else 2,
+                                size=wh)["images_per_s"]
+            limit = lab("limit", model=main_model, images=n_main, batch_sizes=[1, 4] if quick else [1, 4, 8],
+                        threads=CORES, size=wh)
+            best_bs, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
+            digits_inproc = lab("limit", model="digits", images=64, batch_sizes=[1], threads=CORES, size=wh,
+                                latency=200)["latency_ms"]["p50"]
 
-        log("(e) latency, digits, one client")
-        restart_worker(svc, models=["digits"], concurrency=concurrency)
-        results["e"] = latency(svc, 40 if quick else 300)
-        # The same call in-process, each after the idle time a served request leaves the worker (its pace).
-        results["e_paced"] = subprocess_json(
-            "bench.limit", str(store), "digits", "--images", "64", "--batch-sizes", "1", "--latency",
-            "50" if quick else "200", "--gap-ms", f"{statistics.median(results['e']):.3f}")["latency_ms"]["p50"]
+            log(f"(b) InferQ end to end, {main_model}")
+            results["b"] = throughput(svc, main_model, images, CLIENTS)
+            # (a) again at its best batch size, right after (b) and with InferQ idle: the host drifts over
+            # minutes, so (b) is compared with the mean of the limit measured on either side of it.
+            results["a_after"] = lab("limit", model=main_model, images=n_main, batch_sizes=[int(best_bs)],
+                                     threads=CORES, size=wh)["rates"][best_bs]
 
-        log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
-        big_images = photos(n_big, size)
-        restart_worker(svc, models=[big_model], concurrency=1)
-        results["big_1"] = throughput(svc, big_model, big_images, 8)
-        results["pss_1"] = pss(svc)
-        restart_worker(svc, models=[big_model], concurrency=2)
-        results["big_2"] = throughput(svc, big_model, big_images, 8)
-        results["pss_2"] = pss(svc)
+            log("(e) latency, digits, one client")
+            results["e"] = latency(svc, 40 if quick else 300)
+            # The same call in-process, each after the idle time a served request leaves the worker (its pace).
+            results["e_paced"] = lab("limit", model="digits", images=64, batch_sizes=[1], threads=CORES, size=wh,
+                                     latency=50 if quick else 200,
+                                     gap_ms=round(statistics.median(results["e"]), 3))["latency_ms"]["p50"]
+            # Done with the lab: from here on only InferQ's processes map torch's libraries and the weights
+            # ((g) reads PSS, which splits shared pages among every process that maps them).
+            lab.close()
 
-        log("(f) the API alone (no worker)")
-        svc.stop("worker")
-        from workers.digits import holdout_pngs
+            log("(d) batching off")
+            restart_worker(svc, models=[main_model], concurrency=concurrency, INFERQ_BATCHING="0")
+            results["d_off"] = throughput(svc, main_model, images, CLIENTS)
 
-        png = holdout_pngs(1)[0][0]
-        client = Client(svc.base, svc.token)
-        job_id = client.submit("digits", png, "image/png")["id"]
-        trivial, _ = rate(svc.base, svc.token, lambda: ("GET", "/_bench/trivial", None, {}), api_seconds,
-                          API_CLIENTS)
-        submit, submit_errors = rate(
-            svc.base, svc.token,
-            lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}), api_seconds, API_CLIENTS)
-        poll, _ = rate(svc.base, svc.token, lambda: ("GET", f"/v1/jobs/{job_id}", None, {}), api_seconds,
-                       API_CLIENTS)
+            log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
+            big_images = photos(n_big, size)
+            restart_worker(svc, models=[big_model], concurrency=1)
+            results["big_1"] = throughput(svc, big_model, big_images, 8)
+            results["pss_1"] = pss(svc)
+            restart_worker(svc, models=[big_model], concurrency=2)
+            results["big_2"] = throughput(svc, big_model, big_images, 8)
+            results["pss_2"] = pss(svc)
+
+            log("(f) the API alone (no worker)")
+            svc.stop("worker")
+            from workers.digits import holdout_pngs
+
+            png = holdout_pngs(1)[0][0]
+            client = Client(svc.base, svc.token)
+            job_id = client.submit("digits", png, "image/png")["id"]
+            trivial, _ = rate(svc.base, svc.token, lambda: ("GET", "/_bench/trivial", None, {}), api_seconds,
+                              API_CLIENTS)
+            submit, submit_errors = rate(
+                svc.base, svc.token, lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}),
+                api_seconds, API_CLIENTS)
+            poll, _ = rate(svc.base, svc.token, lambda: ("GET", f"/v1/jobs/{job_id}", None, {}), api_seconds,
+                           API_CLIENTS)
 
     big_best = max(results["big_1"], results["big_2"])
     limit_mean = (limit_rate + results["a_after"]) / 2
@@ -225,6 +240,8 @@ def main() -> int:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"\nInferQ benchmark ({'quick' if quick else 'full'}; {CORES} cores; ratios are measured side by side)")
+    if quick:
+        print("(quick: tiny inputs and models, so per-job overhead dominates; the targets are for `make bench`)")
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return 0

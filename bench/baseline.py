@@ -3,6 +3,7 @@
 A parent with torch imported forks one process per image; each child loads the model file the
 plain way (build the architecture, torch.load, load_state_dict), classifies its one image with
 one thread, and exits. As many run at once as there are cores. Prints images/s as JSON.
+`make bench` runs the same (`run`) from its lab process (bench/lab.py), a parent with torch imported.
 """
 
 from __future__ import annotations
@@ -34,14 +35,9 @@ def classify_one(store: Path, model: str, image: bytes, results: mp.Queue) -> No
     results.put(handler(image, "image/jpeg")["predictions"][0]["index"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("store", type=Path)
-    parser.add_argument("model")
-    parser.add_argument("--images", type=int, default=8)
-    args = parser.parse_args()
+def run(store: Path, model: str, images: list[bytes]) -> dict[str, object]:
+    """Classify `images`, one forked process each, as many at once as there are cores."""
     cores = len(os.sched_getaffinity(0))
-    images = photos(args.images)
     ctx = mp.get_context("fork")
     results: mp.Queue = ctx.Queue()
     running: list[mp.process.BaseProcess] = []
@@ -50,14 +46,23 @@ def main() -> None:
         while len(running) >= cores:
             running[0].join()
             running = [p for p in running if p.is_alive()]
-        proc = ctx.Process(target=classify_one, args=(args.store, args.model, image, results))
+        proc = ctx.Process(target=classify_one, args=(store, model, image, results))
         proc.start()
         running.append(proc)
     labels = [results.get(timeout=600) for _ in images]
     for proc in running:
         proc.join()
     elapsed = time.perf_counter() - started
-    print(json.dumps({"images_per_s": len(images) / elapsed, "processes": cores, "labels": labels}))
+    return {"images_per_s": len(images) / elapsed, "processes": cores, "labels": labels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("store", type=Path)
+    parser.add_argument("model")
+    parser.add_argument("--images", type=int, default=8)
+    args = parser.parse_args()
+    print(json.dumps(run(args.store, args.model, photos(args.images))))
 
 
 if __name__ == "__main__":

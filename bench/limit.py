@@ -1,10 +1,11 @@
-"""The physical limit: decode + preprocess + forward in one in-process loop (run as a subprocess).
+"""The physical limit: decode + preprocess + forward in one in-process loop.
 
 `python -m bench.limit STORE MODEL --batch-sizes 1,4,8 --images N` prints JSON:
 images/s per batch size, the wall-clock start and end of the last one's loop, and single-input
 latencies for `--latency N`: back to back, or with `--gap-ms` of idle time before each call, as a
 served client's requests reach the model (on the VMs measured here, a call after 5 ms or more of
 idle took twice as long as one straight after the last: 1.5 against 0.7 ms for digits).
+`make bench` runs the same measurement (`measure`) inside its lab process (bench/lab.py).
 """
 
 from __future__ import annotations
@@ -15,25 +16,60 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench.images import photos
 from workers.digits import holdout_pngs
-from workers.handlers import get_handler
+from workers.handlers import Handler, get_handler
 from workers.store import ModelStore
 
+PHOTO = (640, 480)
 
-def inputs_for(model: str, count: int) -> list[tuple[bytes, str]]:
+
+def inputs_for(model: str, count: int, size: tuple[int, int] = PHOTO) -> list[tuple[bytes, str]]:
     if model == "digits":
         pngs = holdout_pngs()
         return [(pngs[i % len(pngs)][0], "image/png") for i in range(count)]
-    return [(img, "image/jpeg") for img in photos(count)]
+    return [(img, "image/jpeg") for img in photos(count, size)]
 
 
 def idle(seconds: float) -> None:
     """The pause before a paced call (its own name, so a test can count it without touching time.sleep)."""
     time.sleep(seconds)
+
+
+def load(store: Path, model: str) -> Handler:
+    handler = get_handler(ModelStore(store).get(model))
+    handler.setup(torch.device("cpu"))
+    return handler
+
+
+def measure(handler: Handler, items: list[tuple[bytes, str]], *, batch_sizes: list[int], threads: int,
+            latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
+    """images/s per batch size over `items` with `threads` torch threads, then `latency` single calls."""
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"threads": threads, "rates": {}}
+    for bs in batch_sizes:
+        handler.run_batch(items[:bs])  # warm this shape
+        out["started"] = time.time()
+        started = time.perf_counter()
+        for i in range(0, len(items), bs):
+            handler.run_batch(items[i:i + bs])
+        out["rates"][str(bs)] = len(items) / (time.perf_counter() - started)
+        out["finished"] = time.time()
+    if latency:
+        times = []
+        for i in range(latency):
+            data, content_type = items[i % len(items)]
+            if gap_ms:
+                idle(gap_ms / 1000.0)
+            started = time.perf_counter()
+            handler(data, content_type)
+            times.append((time.perf_counter() - started) * 1000)
+        out["latency_ms"] = {"p50": statistics.median(times), "mean": statistics.fmean(times)}
+    return out
 
 
 def main() -> None:
@@ -47,30 +83,9 @@ def main() -> None:
                         help="with --latency: idle this long before each timed call (a served client's pace)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
-
-    torch.set_num_threads(args.threads)
-    handler = get_handler(ModelStore(args.store).get(args.model))
-    handler.setup(torch.device("cpu"))
-    items = inputs_for(args.model, args.images)
-    out: dict[str, object] = {"threads": args.threads, "rates": {}}
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        handler.run_batch(items[:bs])  # warm this shape
-        out["started"] = time.time()
-        started = time.perf_counter()
-        for i in range(0, len(items), bs):
-            handler.run_batch(items[i:i + bs])
-        out["rates"][bs] = len(items) / (time.perf_counter() - started)  # type: ignore[index]
-        out["finished"] = time.time()
-    if args.latency:
-        times = []
-        for i in range(args.latency):
-            data, content_type = items[i % len(items)]
-            if args.gap_ms:
-                idle(args.gap_ms / 1000.0)
-            started = time.perf_counter()
-            handler(data, content_type)
-            times.append((time.perf_counter() - started) * 1000)
-        out["latency_ms"] = {"p50": statistics.median(times), "mean": statistics.fmean(times)}
+    out = measure(load(args.store, args.model), inputs_for(args.model, args.images),
+                  batch_sizes=[int(b) for b in args.batch_sizes.split(",")], threads=args.threads,
+                  latency=args.latency, gap_ms=args.gap_ms)
     print(json.dumps(out))
 
 

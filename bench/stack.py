@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench import memory
 from tests.integration.processes import BIN, Service, base_env, free_port, wait_until
 
 
@@ -45,6 +49,7 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
                        [svc.log("web")])
         if worker and web:
             wait_online(svc, models)
+        settle(svc)
         yield svc
     finally:
         for name in list(svc.procs):
@@ -52,8 +57,10 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
 
 
 def start_worker(svc: Service, concurrency: int) -> None:
+    # Its own name: the previous worker may still be stopping (and clearing its heartbeats) meanwhile.
     svc.start("worker", [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=WARNING",
-                         f"--concurrency={concurrency}", "--hostname=bench@%h", "--without-mingle",
+                         f"--concurrency={concurrency}", f"--hostname=bench-{uuid.uuid4().hex[:6]}@%h",
+                         "--without-mingle",
                          "--without-gossip"])
 
 
@@ -65,6 +72,32 @@ def set_manifest(store: Path, name: str, **fields: object) -> None:
     manifest = json.loads(path.read_text())
     manifest.update(fields)
     path.write_text(json.dumps(manifest, indent=2))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time these processes have used so far (those that have gone count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def settle(svc: Service, *, window: float = 0.5, busy: float = 0.04, timeout: float = 30.0) -> None:
+    """Until the stack's processes sit idle (under `busy` of one core over `window` seconds): a worker is
+    online before its pool processes have finished loading and warming their models, and a measurement
+    must not share the cores with that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [pid for proc in svc.procs.values() for pid in memory.tree(proc.pid)]
+        before = cpu_seconds(pids)
+        time.sleep(window)
+        if cpu_seconds(pids) - before <= busy * window:
+            return
+    raise TimeoutError(f"the stack was still busy after {timeout:.0f} s: {[svc.log(n) for n in svc.procs]}")
 
 
 def wait_online(svc: Service, models: list[str]) -> None:

@@ -35,12 +35,3 @@ def test_without_a_gap_the_calls_run_back_to_back(monkeypatch: pytest.MonkeyPatc
     assert slept == []
     assert out["latency_ms"]["p50"] > 0
 
-
-@pytest.fixture(scope="module")
-def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.export import export_digits
-    from workers.store import ModelStore
-
-    root = tmp_path_factory.mktemp("bench-store")
-    export_digits(ModelStore(root), version="1", epochs=1)
-    return root
