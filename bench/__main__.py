@@ -58,13 +58,17 @@ def missing_models(root: Path, *architectures: str) -> list[str]:
     return [arch for arch in dict.fromkeys((*architectures, "digits")) if not store.versions(arch)]
 
 
-def ensure_store(root: Path, *architectures: str) -> None:
-    """Export (random weights) what the store lacks of these and `digits`."""
+def ensure_store(root: Path, *architectures: str, lab: Lab | None = None) -> None:
+    """Export (random weights) what the store lacks of these and `digits`, through `lab` or a lab of its own."""
     missing = missing_models(root, *architectures)
-    if missing:
-        log(f"exporting {', '.join(missing)} into {root}")
-        with Lab(root) as lab:
-            lab("export", architectures=missing)
+    if not missing:
+        return
+    log(f"exporting {', '.join(missing)} (random weights) into {root}")
+    if lab is not None:
+        lab("export", architectures=missing)
+        return
+    with Lab(root) as own:
+        own("export", architectures=missing)
 
 
 def restart_worker(svc: Service, *, models: list[str], concurrency: int, threads: int | None = None,
@@ -142,10 +146,7 @@ def main() -> int:
     # The lab imports torch while the stack starts. Every measurement then runs alone: the stack
     # sits idle through the lab's, the lab through the stack's.
     with Lab(store) as lab:
-        missing = missing_models(store, main_model, big_model)
-        if missing:
-            log(f"exporting {', '.join(missing)} (random weights) into {store}")
-            lab("export", architectures=missing)
+        ensure_store(store, main_model, big_model, lab=lab)
         with stack(store, ROOT / "var" / "bench" / "run", models=[main_model, "digits"],
                    concurrency=DEFAULT_CONCURRENCY) as svc:
             concurrency = DEFAULT_CONCURRENCY
