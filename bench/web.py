@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 
-from bench.__main__ import API_CLIENTS, ROOT, log
+from bench.__main__ import API_CLIENTS, ROOT, ensure_store, log
 from bench.client import Client, rate
 from bench.stack import stack
 
@@ -27,12 +27,9 @@ def layouts() -> list[tuple[int, int]]:
 
 def main() -> int:
     from workers.digits import holdout_pngs
-    from workers.export import export_digits
-    from workers.store import ModelStore
 
     store = ROOT / "var" / "bench" / "store"
-    if not ModelStore(store).versions("digits"):
-        export_digits(ModelStore(store), version="1")
+    ensure_store(store)
     png = holdout_pngs(1)[0][0]
     found: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
     for _ in range(ROUNDS):
