@@ -58,7 +58,7 @@ class Lab:
 
 
 class Bench:
-    """The lab's side: loaded handlers, and whether forking is still safe."""
+    """The lab's side: the store it measures from, and whether forking is still safe."""
 
     def __init__(self, store: Path) -> None:
         self.store = store
