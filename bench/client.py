@@ -102,3 +102,23 @@ def rate(base: str, token: str, make_request: Callable[[], tuple[str, str, bytes
     for t in workers:
         t.join()
     return sum(counts) / (time.perf_counter() - started), sum(errors)
+
+
+def api_rates(base: str, token: str, *, png: bytes, job_id: str, seconds: float, rounds: int,
+              threads: int) -> dict[str, list[float]]:
+    """The trivial view's, a submit's and a status poll's req/s, taken in turn `rounds` times (`seconds` in all
+    per kind), so that each round compares the three over the same minute of a drifting host; plus the
+    submits that did not answer 2xx ("submit_errors")."""
+    kinds: dict[str, Callable[[], tuple[str, str, bytes | None, dict[str, str]]]] = {
+        "trivial": lambda: ("GET", "/_bench/trivial", None, {}),
+        "submit": lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}),
+        "poll": lambda: ("GET", f"/v1/jobs/{job_id}", None, {}),
+    }
+    found: dict[str, list[float]] = {kind: [] for kind in (*kinds, "submit_errors")}
+    for _ in range(rounds):
+        for kind, make_request in kinds.items():
+            per_s, errors = rate(base, token, make_request, seconds / rounds, threads)
+            found[kind].append(per_s)
+            if kind == "submit":
+                found["submit_errors"].append(errors)
+    return found

@@ -12,7 +12,7 @@ import statistics
 import sys
 
 from bench.__main__ import API_CLIENTS, ROOT, ensure_store, log
-from bench.client import Client, rate
+from bench.client import Client, api_rates
 from bench.stack import stack
 
 CORES = len(os.sched_getaffinity(0))
@@ -38,14 +38,9 @@ def main() -> int:
             env = {"INFERQ_WEB_PROCESSES": str(procs), "INFERQ_WEB_THREADS": str(threads)}
             with stack(store, ROOT / "var" / "bench" / "web", models=["digits"], worker=False, extra_env=env) as svc:
                 job_id = Client(svc.base, svc.token).submit("digits", png, "image/png")["id"]
-                trivial, _ = rate(svc.base, svc.token, lambda: ("GET", "/_bench/trivial", None, {}), SECONDS,
-                                  API_CLIENTS)
-                poll, _ = rate(svc.base, svc.token, lambda path=f"/v1/jobs/{job_id}": ("GET", path, None, {}),
-                               SECONDS, API_CLIENTS)
-                submit, _ = rate(svc.base, svc.token,
-                                 lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}),
-                                 SECONDS, API_CLIENTS)
-            found.setdefault((procs, threads), []).append((trivial, poll, submit))
+                api = api_rates(svc.base, svc.token, png=png, job_id=job_id, seconds=SECONDS, rounds=1,
+                                threads=API_CLIENTS)
+            found.setdefault((procs, threads), []).append((api["trivial"][0], api["poll"][0], api["submit"][0]))
     print(f"\nweb processes x threads, the API alone ({CORES} cores, {API_CLIENTS} keep-alive clients, "
           f"median of {ROUNDS} runs)")
     print(f"{'processes':>10}{'threads':>9}{'trivial/s':>11}{'poll/s':>9}{'submit/s':>10}{'poll/triv':>11}"

@@ -45,6 +45,37 @@ def test_the_envelope_shows_flower_what_celery_would() -> None:
     assert json.loads(data)["headers"]["kwargsrepr"] == saferepr(long, app.amqp.kwargsrepr_maxsize)
 
 
+def celery_message(task_id: str, kwargs: dict[str, Any], queue: str, limits: tuple[float | None, float | None]) -> Any:
+    """The message as Celery's as_task_v2 builds it whole for this job, wrapped as kombu's Redis transport does."""
+    from celery.utils.saferepr import saferepr
+
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        task_id, "inference.run", kwargs=kwargs, time_limit=limits[0], soft_time_limit=limits[1], ignore_result=True,
+        argsrepr="()", kwargsrepr=saferepr(kwargs, app.amqp.kwargsrepr_maxsize))
+    message = {"body": body, "content-encoding": "utf-8", "content-type": "application/json", "headers": headers,
+               "properties": {**properties, "delivery_mode": 2, "priority": 0,
+                              "delivery_info": {"exchange": "", "routing_key": queue}, "body_encoding": "base64"}}
+    return json.loads(json.dumps(message))  # as it reads back (tuples become lists)
+
+
+def test_each_message_from_the_reused_template_is_the_one_celery_builds_for_that_job() -> None:
+    import base64
+
+    jobs = [("t-1", {"job_id": "t-1", "model": "m"}, "inferq.model.m", (None, None)),
+            ("t-2", {"job_id": "t-2", "model": "m"}, "inferq.model.m", (None, None)),
+            ("t-3", {"job_id": "5b1e…-ü", "model": "other"}, "inferq.model.other", (15.0, 5.0)),
+            ("t-4", {"job_id": "x" * 5000}, "inferq.model.m", (None, None))]  # a repr Celery cuts short
+    tags = set()
+    for _ in range(2):  # the second round reuses every template the first one made
+        for task_id, kwargs, queue, limits in jobs:
+            message = json.loads(publish.envelope(app, name="inference.run", task_id=task_id, kwargs=kwargs,
+                                                  queue=queue, time_limit=limits[0], soft_time_limit=limits[1]))
+            tags.add(message["properties"].pop("delivery_tag"))
+            message["body"] = json.loads(base64.b64decode(message["body"]))
+            assert message == celery_message(task_id, kwargs, queue, limits)
+    assert len(tags) == 2 * len(jobs)  # a fresh delivery tag for every message
+
+
 def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
     server = fakeredis.FakeRedis()
     monkeypatch.setattr(publish, "broker_client", lambda app: server)
