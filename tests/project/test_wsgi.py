@@ -14,9 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LOAD_AND_REPORT = """
 import json, sys
-import django.urls, threadpoolctl
-import project.wsgi
-django.urls.get_resolver().url_patterns  # the URLconf, as the first request loads it (numpy with it)
+import threadpoolctl
+import project.wsgi  # loads the URLconf too (numpy with it)
 assert "numpy" in sys.modules, "numpy was not loaded: nothing to check"
 print(json.dumps([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]))
 """
@@ -32,3 +31,11 @@ def test_a_web_process_starts_no_openblas_thread_pool() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     pools = json.loads(out.stdout.strip().splitlines()[-1])
     assert pools and all(threads == 1 for threads in pools), pools
+
+
+def test_a_web_process_imports_its_urlconf_while_it_loads_not_in_its_first_request() -> None:
+    code = "import sys, project.wsgi; print(sorted(m for m in ('project.urls', 'api.views') if m not in sys.modules))"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DJANGO_SECRET_KEY": "x" * 50}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"  # nothing left for the first request to import
