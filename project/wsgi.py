@@ -17,7 +17,7 @@ application = get_wsgi_application()
 # held its first requests for the import (0.36 s here; the others of its threads queued on the import lock).
 from django.urls import get_resolver  # noqa: E402
 
-get_resolver().url_patterns
+get_resolver().url_patterns  # noqa: B018  (the property imports the URLconf)
 
 # Over-limit bodies are refused from their Content-Length before they are read (api/bodylimit.py).
 from api.bodylimit import BodyLimit  # noqa: E402  (needs the settings configured above)
