@@ -14,6 +14,7 @@ them to decide what to load. A manifest looks like::
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -146,10 +147,12 @@ def write_manifest(path: Path, data: dict[str, Any]) -> None:
 
 # Every submit and every job looks its model up; rescanning the directory and parsing the manifest each
 # time cost a tenth of a small job. Listings are reused while their directory is unchanged (at most one
-# second, for file systems with coarse timestamps), manifests while their file is unchanged.
+# second, for file systems with coarse timestamps), manifests while their file is unchanged. A lookup still
+# stats both, so a new version or an edited manifest is seen at once; it does so on plain strings, since
+# building pathlib paths cost more than the two stat calls.
 LISTING_SECONDS = 1.0
-_listings: dict[Path, tuple[int, float, list[str]]] = {}  # directory -> (mtime_ns, read at, versions)
-_manifests: dict[Path, tuple[tuple[int, int], ModelSpec]] = {}  # version dir -> ((mtime_ns, size), spec)
+_listings: dict[str, tuple[int, float, list[str]]] = {}  # directory -> (mtime_ns, read at, versions)
+_manifests: dict[str, tuple[tuple[int, int], ModelSpec]] = {}  # version dir -> ((mtime_ns, size), spec)
 
 
 class ModelStore:
@@ -157,6 +160,7 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = os.fspath(self.root)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -164,18 +168,18 @@ class ModelStore:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
 
     def versions(self, name: str) -> list[str]:
-        base = self.root / name
         if not NAME_RE.match(name):
             return []
+        base = os.path.join(self._root, name)
         try:
-            mtime = base.stat().st_mtime_ns
+            mtime = os.stat(base).st_mtime_ns
         except OSError:
             return []
         now = time.monotonic()
         seen = _listings.get(base)
         if seen is not None and seen[0] == mtime and now - seen[1] < LISTING_SECONDS:
             return list(seen[2])
-        found = sorted((p.name for p in base.iterdir() if (p / MANIFEST).is_file()), key=_version_key)
+        found = sorted((p.name for p in Path(base).iterdir() if (p / MANIFEST).is_file()), key=_version_key)
         _listings[base] = (mtime, now, found)
         return list(found)
 
@@ -187,16 +191,16 @@ class ModelStore:
             version = versions[-1]
         elif version not in versions:
             raise StoreError(f"model {name!r} has no version {version!r} (has {', '.join(versions)})")
-        path = self.root / name / version
+        path = os.path.join(self._root, name, version)
         try:
-            stat = (path / MANIFEST).stat()
+            stat = os.stat(os.path.join(path, MANIFEST))
         except OSError as exc:
             raise StoreError(f"model {name!r} version {version!r} has no readable manifest: {exc}") from exc
         key = (stat.st_mtime_ns, stat.st_size)
         seen = _manifests.get(path)
         if seen is not None and seen[0] == key:
             return seen[1]
-        spec = read_manifest(path)
+        spec = read_manifest(Path(path))
         _manifests[path] = (key, spec)
         return spec
 
