@@ -218,6 +218,14 @@ def update_where(model: type[models.Model], *, values: dict[str, Any], exact: di
 _inserts: dict[tuple[Any, str], str] = {}
 
 
+def _prep_save(field: Any, value: Any, connection: Any) -> Any:
+    """`field.get_db_prep_save(value, connection)`, without the call for a None that one of Django's own fields
+    would store as NULL anyway (most of a new job's columns are empty: a tenth of preparing its INSERT)."""
+    if value is None and type(field).__module__.startswith("django.db.models."):
+        return None
+    return field.get_db_prep_save(value, connection)
+
+
 def insert_row(obj: models.Model) -> None:
     """`obj.save(force_insert=True)` for a row whose primary key is set in Python (a UUID default), as one
     INSERT built once per model: each field's `pre_save` runs (auto_now_add, file fields), no signals are sent.
@@ -236,7 +244,7 @@ def insert_row(obj: models.Model) -> None:
         columns = ", ".join(quote(f.column) for f in fields)
         marks = ", ".join(["%s"] * len(fields))
         sql = _inserts[key] = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    params = [_prep_save(f, f.pre_save(obj, True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
     obj._state.adding = False

@@ -103,6 +103,20 @@ def test_insert_row_stores_what_save_would(user: Any) -> None:
     assert stored.created_at is not None and stored.status == JobStatus.QUEUED  # auto_now_add and defaults
 
 
+def test_only_djangos_own_fields_skip_preparing_a_none() -> None:
+    from django.db import models
+
+    from api.prepared import _prep_save
+
+    class EmptyForNone(models.CharField):  # a project's field may store None as something else
+        def get_db_prep_save(self, value: Any, connection: Any) -> Any:
+            return "" if value is None else value
+
+    assert _prep_save(EmptyForNone(max_length=5), None, connection) == ""
+    assert _prep_save(Job._meta.get_field("started_at"), None, connection) is None
+    assert _prep_save(Job._meta.get_field("result"), None, connection) is None  # SQL NULL, not JSON null
+
+
 @pytest.mark.django_db(transaction=True)
 def test_insert_row_outside_a_transaction_refuses_a_duplicate_key_and_keeps_nothing(user: Any) -> None:
     from django.db import IntegrityError
