@@ -43,12 +43,15 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
     env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     try:
         wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), 10, "redis")
-        svc.manage("migrate", "--verbosity", "0")
-        svc.token = svc.manage("inferq_token", "--username", "bench")
+        # The worker and the web tier start first: neither touches the database until a request or a job comes,
+        # and the schema and the token are made while they load (the worker's torch import is most of a start).
         if worker:
             start_worker(svc, concurrency)
         if web:
             svc.start("web", [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"])
+        svc.manage("migrate", "--verbosity", "0")
+        svc.token = svc.manage("inferq_token", "--username", "bench")
+        if web:
             wait_until(lambda: svc.session.get(f"{svc.base}/healthz", timeout=2).ok, 60, "web",
                        [svc.log("web")])
         if worker and web:
@@ -56,8 +59,9 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
         settle(svc)
         yield svc
     finally:
-        for name in list(svc.procs):
-            svc.stop(name)
+        # The web tier and the worker stop together, then Redis, which they talk to until they have stopped.
+        svc.stop_together([name for name in svc.procs if name != "redis"])
+        svc.stop("redis")
 
 
 def start_worker(svc: Service, concurrency: int) -> None:

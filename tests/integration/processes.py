@@ -67,15 +67,22 @@ class Service:
         return proc
 
     def stop(self, name: str, sig: int = 15, timeout: float = 20) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        self.stop_together([name], sig, timeout)
+
+    def stop_together(self, names: list[str], sig: int = 15, timeout: float = 20) -> None:
+        """Signal each of `names` at once, then wait for them all (a worker's stop takes seconds); kill what
+        is still running `timeout` seconds after the signal."""
+        running = [proc for proc in (self.procs.pop(name, None) for name in names)
+                   if proc is not None and proc.poll() is None]
+        for proc in running:
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
 
     def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
         return self.start(name, [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=INFO",
