@@ -52,3 +52,20 @@ def test_another_users_job_is_not_found(api_client: Any, make_job: Any, other_us
 @pytest.mark.parametrize("job_id", ["not-a-uuid", "123", "00000000-0000-0000-0000-000000000000"])
 def test_malformed_or_unknown_id_is_not_found(api_client: Any, job_id: str) -> None:
     assert_error(api_client.get(f"/v1/jobs/{job_id}"), 404, "not_found")
+
+
+def test_a_job_is_answered_in_the_bytes_and_headers_drfs_response_renders(api_client: Any, make_job: Any) -> None:
+    from rest_framework.renderers import JSONRenderer
+
+    from api.serializers import job_to_dict
+
+    job = make_job(b"x")
+    type(job).objects.filter(id=job.id).update(status=JobStatus.FAILED, error_code="invalid_image",
+                                               error_message="Cannot decode the image \u00e9\u2028.")
+    job.refresh_from_db()
+    for accept in ("application/json", "application/json; indent=4"):
+        response = api_client.get(f"/v1/jobs/{job.id}", HTTP_ACCEPT=accept)
+        assert response.status_code == 200 and response["Content-Type"] == "application/json"
+        assert response.content == JSONRenderer().render(job_to_dict(job), accept)  # compact, or indented
+    assert b"\\u2028" in response.content and "\u00e9".encode() in response.content
+    assert api_client.get(f"/v1/jobs/{job.id}", HTTP_ACCEPT="text/html").status_code == 406
