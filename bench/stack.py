@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,11 +64,7 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
 
 
 def start_worker(svc: Service, concurrency: int) -> None:
-    # Its own name: the previous worker may still be stopping (and clearing its heartbeats) meanwhile.
-    svc.start("worker", [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=WARNING",
-                         f"--concurrency={concurrency}", f"--hostname=bench-{uuid.uuid4().hex[:6]}@%h",
-                         "--without-mingle",
-                         "--without-gossip"])
+    svc.start_worker("worker", concurrency=concurrency, loglevel="WARNING")
 
 
 def set_manifest(store: Path, name: str, **fields: object) -> None:

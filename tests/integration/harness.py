@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import socket
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -87,9 +86,7 @@ class Stack(Service):
     def start_worker(self, name: str = "worker", *extra: str, concurrency: int = 2) -> Any:
         log = self.log(name)
         self.log_offsets[name] = log.stat().st_size if log.exists() else 0
-        return self.start(name, [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=INFO",
-                                 f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
-                                 "--without-mingle", "--without-gossip", *extra])
+        return super().start_worker(name, *extra, concurrency=concurrency)
 
     def start_with(self, name: str, args: list[str], **env: str) -> Any:
         """Start a process with extra environment variables (the Service's own stay as they are)."""

@@ -84,9 +84,11 @@ class Service:
                 os.killpg(proc.pid, 9)
                 proc.wait()
 
-    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
-        return self.start(name, [str(BIN / "celery"), "-A", "project", "worker", "--loglevel=INFO",
-                                 "--concurrency=1", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+    def start_worker(self, name: str = "worker", *extra: str, concurrency: int = 1,
+                     loglevel: str = "INFO") -> subprocess.Popen[bytes]:
+        # Its own node name: a previous worker may still be stopping (and clearing its heartbeats) meanwhile.
+        return self.start(name, [str(BIN / "celery"), "-A", "project", "worker", f"--loglevel={loglevel}",
+                                 f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
                                  "--without-mingle", "--without-gossip", *extra])
 
     def manage(self, *args: str) -> str:
