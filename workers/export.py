@@ -21,11 +21,18 @@ DIGITS_INPUT = {"kind": "image", "mode": "L", "resize": [8, 8], "crop": None, "m
                 "invert": "auto"}
 
 
+def channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor (a 2-D convolution's weight) in channels-last memory order; any other unchanged."""
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+
+
 def _save(module: nn.Module, path: Path, fmt: str, example: torch.Tensor) -> str:
     path.mkdir(parents=True, exist_ok=True)
     module.eval()
     if fmt == "state_dict":
-        torch.save(module.state_dict(), path / "weights.pt")
+        # Convolution weights are written channels-last (NHWC), the layout oneDNN and cuDNN compute in: the
+        # worker maps them as they are (shared, never copied) and feeds such a model channels-last batches.
+        torch.save({key: channels_last(value) for key, value in module.state_dict().items()}, path / "weights.pt")
         return "weights.pt"
     if fmt == "export":
         # The batch dimension must stay dynamic (workers batch jobs); traced with 2 samples because

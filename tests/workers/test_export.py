@@ -79,3 +79,38 @@ def test_export_torchvision_refuses_unknown_architectures(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="unknown architecture"):
         export_torchvision(ModelStore(tmp_path), "lenet")
     assert not any(tmp_path.iterdir())
+
+
+def test_convolution_weights_are_exported_channels_last_and_run_so_from_the_mapped_file(tmp_path: Path) -> None:
+    """export writes 4-D weights channels-last; the worker maps them as they are (no private copy) and feeds the
+    model channels-last batches, with the answers the same weights give in the ordinary layout."""
+    from tests.workers.test_loading import is_mapped_from
+    from workers.handlers.image_classifier import stored_channels_last
+
+    spec = read_manifest(export_torchvision(ModelStore(tmp_path), "resnet18"))
+    saved = torch.load(spec.weights_path, weights_only=True)
+    assert saved["conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not saved["conv1.weight"].is_contiguous()
+    assert saved["fc.weight"].is_contiguous()  # 2-D: unchanged
+
+    handler = get_handler(spec)
+    handler.setup(torch.device("cpu"))
+    assert handler.channels_last
+    assert is_mapped_from(handler.module.conv1.weight, spec.weights_path)
+    seen: list[torch.Tensor] = []
+    handler.module.conv1.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    images = [(jpeg_bytes(300 + 10 * i, 200), "image/jpeg") for i in range(3)]
+    batched = handler.run_batch(images)
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+
+    # The control: the same weights in the ordinary layout, as a model exported before this change holds them.
+    contiguous = get_handler(spec)
+    contiguous.setup(torch.device("cpu"))
+    contiguous.module.load_state_dict({k: v.contiguous() for k, v in saved.items()}, assign=True)
+    contiguous.channels_last = stored_channels_last(contiguous.module)
+    assert not contiguous.channels_last
+    for outcome, (data, content_type) in zip(batched, images, strict=True):
+        alone = contiguous(data, content_type)["predictions"]
+        got = outcome.result["predictions"]
+        assert [p["index"] for p in got] == [p["index"] for p in alone]
+        assert all(abs(a["probability"] - b["probability"]) <= 1e-4 for a, b in zip(got, alone, strict=True))

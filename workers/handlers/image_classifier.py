@@ -18,6 +18,19 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 MAX_PIXELS = 50_000_000
 
 
+def stored_channels_last(module: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are laid out channels-last (as `export_model` writes them).
+
+    A convolution whose weight and input are both channels-last runs in oneDNN's (and cuDNN's) native layout,
+    without reordering: measured here (`make bench`'s limit loop, resnet50, 640x480 JPEGs, 2 threads), 29 ->
+    34 img/s at batch 4, where batching had not paid at all. The input alone gains little, and converting
+    the weights at load would copy them out of the shared page cache into every worker process, so a model
+    exported before (contiguous weights) keeps running as it did.
+    """
+    weights = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] * p.shape[-2] > 1]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
 class ImageClassifier(Handler):
     """Input spec keys: mode (RGB/L), resize (int: shorter side; [w, h]: exact), crop, mean, std, invert."""
 
@@ -32,6 +45,7 @@ class ImageClassifier(Handler):
         self.std = spec.get("std", IMAGENET_STD)
         self.invert = spec.get("invert", False)
         self.labels = self.spec.labels
+        self.channels_last = stored_channels_last(self.module)
 
     def decode(self, data: bytes, content_type: str) -> torch.Tensor:
         try:
@@ -74,6 +88,8 @@ class ImageClassifier(Handler):
         return F.normalize(tensor, self.mean, self.std)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return torch.softmax(self.module(batch), dim=1)
 
     def encode(self, output: torch.Tensor) -> dict[str, Any]:
