@@ -114,3 +114,19 @@ def test_convolution_weights_are_exported_channels_last_and_run_so_from_the_mapp
         got = outcome.result["predictions"]
         assert [p["index"] for p in got] == [p["index"] for p in alone]
         assert all(abs(a["probability"] - b["probability"]) <= 1e-4 for a, b in zip(got, alone, strict=True))
+
+
+
+def test_only_weights_laid_out_channels_last_count_as_such() -> None:
+    """1x1 and depthwise kernels look channels-last in either layout: a model of only those, exported before
+    (contiguous), must not count as channels-last."""
+    from torch import nn
+
+    from workers.handlers.image_classifier import stored_channels_last
+
+    module = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in module.parameters() if p.dim() == 4)
+    assert not stored_channels_last(module)
+    with_full = nn.Sequential(nn.Conv2d(3, 8, 3), *module)
+    assert not stored_channels_last(with_full)
+    assert stored_channels_last(with_full.to(memory_format=torch.channels_last))

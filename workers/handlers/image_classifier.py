@@ -27,8 +27,10 @@ def stored_channels_last(module: torch.nn.Module) -> bool:
     the weights at load would copy them out of the shared page cache into every worker process, so a model
     exported before (contiguous weights) keeps running as it did.
     """
-    weights = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] * p.shape[-2] > 1]
-    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    weights = [p for p in module.parameters() if p.dim() == 4]
+    # Some shapes (1x1 kernels, one input channel) are laid out the same either way: at least one must tell.
+    return (all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+            and any(not p.is_contiguous() for p in weights))
 
 
 class ImageClassifier(Handler):
