@@ -116,7 +116,6 @@ def test_convolution_weights_are_exported_channels_last_and_run_so_from_the_mapp
         assert all(abs(a["probability"] - b["probability"]) <= 1e-4 for a, b in zip(got, alone, strict=True))
 
 
-
 def test_only_weights_laid_out_channels_last_count_as_such() -> None:
     """1x1 and depthwise kernels look channels-last in either layout: a model of only those, exported before
     (contiguous), must not count as channels-last."""
