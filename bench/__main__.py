@@ -2,9 +2,9 @@
 
 (a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores, measured
     before (b) and again right after it (the host drifts over minutes; (b) is compared with the mean)
-    (and, for reference, one single-thread loop per core side by side: the layout InferQ's default uses)
+    (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration
-    (one worker process per core, one torch thread each);               target (b)/(a) >= 0.95
+    (the pool sized from the served models: resnet50 -> 1 process x all cores); target (b)/(a) >= 0.95
 (c) one process per job (fork, load the model file, one thread);          target InferQ/(c) >= 3.5x
 (d) dynamic batching on / off
 (e) one client on the digits model, submit with `Prefer: wait`: overhead over the in-process call made at
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
 # Jobs in flight from the benchmark's clients: enough to fill a batch, within the web tier's wait slots.
 CLIENTS = 8
-# The worker's default: INFERQ_WORKER_CONCURRENCY, else 0 (Celery's own default: one process per core).
+# The worker's default: INFERQ_WORKER_CONCURRENCY, else 0 (the worker sizes its pool from the served models).
 DEFAULT_CONCURRENCY = int(os.environ.get("INFERQ_WORKER_CONCURRENCY") or 0)
 # Keep-alive clients for the API-only rates: enough that both web processes get a fair share of connections.
 API_CLIENTS = 16

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import write_entry
-from workers.bootstrap import served_models, threads_per_process
-from workers.store import ModelStore, StoreError
+from workers import bootstrap
+from workers.bootstrap import auto_concurrency, served_models, threads_per_process
+from workers.store import ModelSpec, ModelStore, StoreError
 
 
 @pytest.fixture
@@ -28,6 +29,44 @@ def test_cores_are_divided_among_pool_processes(eight_cores: None, concurrency: 
 def test_inferq_threads_overrides(eight_cores: None, monkeypatch: Any, value: str, threads: int) -> None:
     monkeypatch.setenv("INFERQ_THREADS", value)
     assert threads_per_process(4) == threads
+
+
+def wanting(*threads: int | None) -> list[ModelSpec]:
+    return [ModelSpec(name=f"m{i}", version="1", path=Path("."), handler="echo", architecture="", format="",
+                      weights="", input={}, threads=t) for i, t in enumerate(threads)]
+
+
+@pytest.mark.parametrize(("threads", "processes"), [
+    ((1,), 8),  # small models only: a process per core
+    ((None,), 1),  # a model that names no limit wants every core, in one process
+    ((1, None), 1),  # the most any served model wants decides
+    ((2,), 4), ((3,), 2), ((16,), 1), ((1, 4), 2),
+    ((), 8),  # no models: Celery's own default
+])
+def test_the_pool_size_follows_what_the_served_models_want(eight_cores: None, threads: tuple[int | None, ...],
+                                                           processes: int) -> None:
+    assert auto_concurrency(wanting(*threads)) == processes
+    # and each process then gets the cores the model wanted (or its share of them)
+    assert threads_per_process(processes) == 8 // processes
+
+
+def test_inferq_threads_caps_what_a_model_wants(eight_cores: None, monkeypatch: Any) -> None:
+    monkeypatch.setenv("INFERQ_THREADS", "2")
+    assert auto_concurrency(wanting(None)) == 4
+    assert auto_concurrency(wanting(1)) == 8
+
+
+@pytest.mark.parametrize(("options", "conf", "auto"), [
+    ({"concurrency": None}, None, True),  # INFERQ_WORKER_CONCURRENCY unset or 0 (the CLI turns 0 into None)
+    ({"concurrency": 2}, None, False),
+    ({"concurrency": None, "autoscale": "4,1"}, None, False),
+    ({"concurrency": None}, 3, False),  # worker_concurrency in the configuration
+])
+def test_only_a_pool_size_left_open_is_chosen(options: dict[str, Any], conf: int | None, auto: bool,
+                                             monkeypatch: Any) -> None:
+    monkeypatch.setitem(bootstrap._layout, "auto", not auto)
+    bootstrap.on_celeryd_init(options=options, conf=type("Conf", (), {"worker_concurrency": conf})())
+    assert bootstrap._layout["auto"] is auto
 
 
 @pytest.fixture
