@@ -28,8 +28,8 @@ class _BuiltPerVendor:
     def _build(self, connection: Any) -> tuple[str, list[Any]]:
         raise NotImplementedError
 
-    def _fetch_one(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[Any, list[Any], Any]:
-        """Run the statement on `alias` with params(connection): (its first row or None, converters, connection)."""
+    def _fetch(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[list[Any], list[Any], Any]:
+        """Run the statement on `alias` with params(connection): (its rows, converters, connection)."""
         connection = connections[alias]
         built = self._built.get(connection.vendor)
         if built is None:
@@ -37,7 +37,12 @@ class _BuiltPerVendor:
         sql, converters = built
         with connection.cursor() as cursor:
             cursor.execute(sql, params(connection))
-            return cursor.fetchone(), converters, connection
+            return cursor.fetchall(), converters, connection
+
+    def _fetch_one(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[Any, list[Any], Any]:
+        """(the statement's first row or None, converters, connection)."""
+        rows, converters, connection = self._fetch(alias, params)
+        return (rows[0] if rows else None), converters, connection
 
 
 class PreparedGet(_BuiltPerVendor, Generic[M]):
@@ -119,25 +124,28 @@ def _instance(model: type[M], alias: str, attnames: list[str], row: Any, convert
 
 
 class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
-    """Change one row and read it back in one statement: `UPDATE … SET … WHERE … RETURNING <every column>, <extra>`.
+    """Change rows and read them back in one statement: `UPDATE … SET … WHERE … RETURNING <every column>, <extra>`.
 
     `sets` are fields given new values and `where` fields matched exactly, both as parameters.
     `computed` maps a field to (the field its one parameter is prepared as, SQL per database vendor) for a
     new value that the database works out from the row; `extra` is one more expression per vendor, returned after the
-    row. In both, `{table}` and `{<field name>}` name the table and the row's columns. The SQL is
-    built once per vendor. `supported()` says whether the database can (RETURNING: SQLite 3.35+,
-    PostgreSQL); calling returns (the updated instance, the extra value), or None when no row matched.
+    row; `scope` one more condition per vendor, its `%s` parameters given to `many()` as `scope_params`. In all
+    three, `{table}` and `{<field name>}` name the table and the row's columns, and `{lock}` (for a subquery) is
+    `FOR UPDATE SKIP LOCKED` where the database has it. The SQL is built once per vendor.
+    `supported()` says whether the database can (RETURNING: SQLite 3.35+, PostgreSQL); calling returns (the
+    updated instance, the extra value) for one row, or None when no row matched; `many()` the list of them.
     """
 
     def __init__(self, model: type[M], *, sets: tuple[str, ...], where: tuple[str, ...],
                  computed: dict[str, tuple[str, dict[str, str]]] | None = None,
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, scope: dict[str, str] | None = None) -> None:
         self.model = model
         self.sets = [model._meta.get_field(name) for name in sets]
         self.where = [model._meta.get_field(name) for name in where]
         self.computed = [(model._meta.get_field(name), model._meta.get_field(param), sql)
                          for name, (param, sql) in (computed or {}).items()]
         self.extra = extra
+        self.scope = scope
         self.columns = list(model._meta.concrete_fields)
         self.attnames = [f.attname for f in self.columns]
         self._built: dict[str, tuple[str, list[Any]]] = {}
@@ -145,15 +153,18 @@ class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
     def supported(self, connection: Any) -> bool:
         vendor = connection.vendor
         return bool(connection.features.can_return_columns_from_insert) and all(
-            vendor in sql for sql in [*(sql for _, _, sql in self.computed), *([self.extra] if self.extra else [])])
+            vendor in sql for sql in [*(sql for _, _, sql in self.computed),
+                                      *(option for option in (self.extra, self.scope) if option)])
 
     def _build(self, connection: Any) -> tuple[str, list[Any]]:
         quote = connection.ops.quote_name
         table = self.model._meta.db_table
         names = {"table": quote(table)} | {f.name: f"{quote(table)}.{quote(f.column)}" for f in self.columns}
+        names["lock"] = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
         sets = [f"{quote(f.column)} = %s" for f in self.sets]
         sets += [f"{quote(f.column)} = {sql[connection.vendor].format(**names)}" for f, _, sql in self.computed]
-        where = " AND ".join(f"{quote(f.column)} = %s" for f in self.where)
+        where = " AND ".join([f"{quote(f.column)} = %s" for f in self.where]
+                             + ([self.scope[connection.vendor].format(**names)] if self.scope else []))
         returning = _select_list(connection, table, self.columns)
         if self.extra:
             returning += f", {self.extra[connection.vendor].format(**names)}"
@@ -163,20 +174,25 @@ class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
 
     def __call__(self, *, values: dict[str, Any], computed: dict[str, Any] | None = None,
                  match: dict[str, Any]) -> tuple[M, Any] | None:
+        rows = self.many(values=values, computed=computed, match=match)
+        return rows[0] if rows else None
+
+    def many(self, *, values: dict[str, Any], computed: dict[str, Any] | None = None, match: dict[str, Any],
+             scope_params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[M, Any]]:
         computed = computed or {}
 
         def params(connection: Any) -> list[Any]:
             return ([f.get_db_prep_save(values[f.name], connection) for f in self.sets]
                     + [param.get_db_prep_value(computed[f.name], connection, prepared=False)
                        for f, param, _ in self.computed]
-                    + [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where])
+                    + [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where]
+                    + list(scope_params))
 
         alias = router.db_for_write(self.model)
-        row, converters, connection = self._fetch_one(alias, params)
-        if row is None:
-            return None
-        extra = row[len(self.attnames)] if self.extra else None
-        return _instance(self.model, alias, self.attnames, row, converters, connection), extra
+        rows, converters, connection = self._fetch(alias, params)
+        width = len(self.attnames)
+        return [(_instance(self.model, alias, self.attnames, row, converters, connection),
+                 row[width] if self.extra else None) for row in rows]
 
 
 _updates: dict[tuple[Any, ...], str] = {}

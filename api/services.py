@@ -22,7 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
-from api.prepared import PreparedUpdateReturning, insert_row, update_where
+from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, update_where
 from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
 from workers.store import ModelSpec, StoreError, get_store
@@ -227,14 +227,17 @@ def _fail_worker_lost(job: Job, now: datetime) -> None:
     job_event_publish_on_commit(job)
 
 
-# Claims a queued first attempt and reads it back in one statement, with queue_ms worked out as _ms() does and
-# whether more first attempts of its model version are queued behind it (then the runner gathers a batch).
+# queue_ms worked out by the database, as _ms() does, from the claim's start time.
+_QUEUE_MS = {"queue_ms": ("started_at", {
+    "sqlite": "ROUND(django_timestamp_diff(%s, {created_at}) / 1000.0, 3)",
+    "postgresql": "ROUND((EXTRACT(EPOCH FROM (%s - {created_at})) * 1000)::numeric, 3)::double precision",
+})}
+
+# Claims a queued first attempt and reads it back in one statement, with its queue_ms and whether more first
+# attempts of its model version are queued behind it (then the runner gathers a batch).
 _CLAIM_FIRST_ATTEMPT = PreparedUpdateReturning(
     Job, sets=("status", "attempts", "started_at", "worker", "lease_expires_at"), where=("id", "status", "attempts"),
-    computed={"queue_ms": ("started_at", {
-        "sqlite": "ROUND(django_timestamp_diff(%s, {created_at}) / 1000.0, 3)",
-        "postgresql": "ROUND((EXTRACT(EPOCH FROM (%s - {created_at})) * 1000)::numeric, 3)::double precision",
-    })},
+    computed=_QUEUE_MS,
     extra={vendor: "EXISTS (SELECT 1 FROM {table} AS behind WHERE behind.model_name = {model_name}"
                    " AND behind.model_version = {model_version} AND behind.status = 'queued'"
                    " AND behind.attempts = 0 AND behind.id <> {id})" for vendor in ("sqlite", "postgresql")},
@@ -294,6 +297,21 @@ def _held_or_ended(job: Job, now: datetime) -> bool:
     return job.status == JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at > now
 
 
+# Claims up to N queued first attempts of one model version, oldest first, and reads them back: one statement
+# (PostgreSQL skips rows another worker's claim has locked). Through the ORM (a locked SELECT, then
+# `bulk_update`) a claim of 7 cost about 13 ms on SQLite, 5% of a resnet50 batch of 8.
+_CLAIM_OLDEST = PreparedUpdateReturning(
+    Job, sets=("status", "attempts", "started_at", "worker", "lease_expires_at"), where=("status", "attempts"),
+    computed=_QUEUE_MS,
+    scope={vendor: "{id} IN (SELECT {id} FROM {table} WHERE {model_name} = %s AND {model_version} = %s"
+                   " AND {status} = 'queued' AND {attempts} = 0 ORDER BY {created_at} LIMIT %s{lock})"
+           for vendor in ("sqlite", "postgresql")},
+)
+# Is anything queued to claim? A cheap read first: polling an empty queue must not take SQLite's write lock.
+_ANY_QUEUED = PreparedGet(Job, "model_name", "model_version", "status", "attempts",
+                          defer=tuple(f.name for f in Job._meta.concrete_fields if not f.primary_key))
+
+
 def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit: int) -> list[Job]:
     """Claim up to `limit` more queued jobs of one model version, oldest first, to run in one batch.
 
@@ -302,12 +320,22 @@ def job_claim_queued(*, model_name: str, model_version: str, worker: str, limit:
     if limit <= 0:
         return []
     # Only first attempts: a job requeued after its worker died is run alone, by its own message.
-    candidates = Job.objects.with_input().filter(model_name=model_name, model_version=model_version,
-                                                 status=JobStatus.QUEUED, attempts=0)
-    # Cheap read first: polling an empty queue must not take SQLite's write lock.
-    if not candidates.exists():
+    if _ANY_QUEUED(model_name=model_name, model_version=model_version, status=JobStatus.QUEUED, attempts=0) is None:
         return []
     now = timezone.now()
+    connection = transaction.get_connection(router.db_for_write(Job))
+    if _CLAIM_OLDEST.supported(connection):
+        claimed = _CLAIM_OLDEST.many(
+            values={"status": JobStatus.RUNNING, "attempts": 1, "started_at": now, "worker": worker,
+                    "lease_expires_at": _lease_until(now)},
+            computed={"queue_ms": now}, match={"status": JobStatus.QUEUED, "attempts": 0},
+            scope_params=[model_name, model_version, limit])
+        jobs = sorted((job for job, _ in claimed), key=lambda job: job.created_at)  # RETURNING keeps no order
+        for job in jobs:
+            _log_started(job)
+        return jobs
+    candidates = Job.objects.with_input().filter(model_name=model_name, model_version=model_version,
+                                                 status=JobStatus.QUEUED, attempts=0)
     with transaction.atomic():
         jobs = list(candidates.select_for_update(skip_locked=True).order_by("created_at")[:limit])
         for job in jobs:

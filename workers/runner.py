@@ -12,6 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections
 
+from api.events import job_events_together
 from api.models import Job
 from api.services import job_claim_queued, job_fail, job_input_read, job_start, job_succeed
 from workers import lease, registry
@@ -107,10 +108,11 @@ def run_claimed(jobs: list[Job]) -> None:
         logger.exception("model %s:%s raised", model_name, model_version)
         outcomes = [Outcome(error=InputError("The model failed on this input.", code="inference_error"))
                     for _ in ready]
-    for (job, _), outcome in zip(ready, outcomes, strict=True):
-        if outcome.error is not None:
-            job_fail(job=job, code=outcome.error.code, message=outcome.error.message,
-                     inference_ms=outcome.inference_ms or None)
-        else:
-            job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
-                        batch_size=outcome.batch_size)
+    with job_events_together():  # each ending is its own write; their announcements go out together
+        for (job, _), outcome in zip(ready, outcomes, strict=True):
+            if outcome.error is not None:
+                job_fail(job=job, code=outcome.error.code, message=outcome.error.message,
+                         inference_ms=outcome.inference_ms or None)
+            else:
+                job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
+                            batch_size=outcome.batch_size)

@@ -39,7 +39,8 @@ def test_the_pool_follows_the_threads_the_served_models_want(tmp_path: Path) -> 
             svc.start_worker(name, concurrency=concurrency)
         for name, (_, _, expected) in layouts.items():
             svc = services[name]
-            wait_until(lambda svc=svc: " ready." in svc.log(name).read_text(), 120, f"worker {name}", [svc.log(name)])
+            log = svc.log(name)
+            wait_until(lambda log=log: " ready." in log.read_text(), 120, f"worker {name}", [log])
             pool = psutil.Process(svc.procs[name].pid).children()
             assert len(pool) == expected, (name, svc.log(name).read_text()[-2000:])
             assert f"with {expected} process(es) x {max(1, cores // expected)} thread(s)" in svc.log(name).read_text()

@@ -9,10 +9,12 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from django.utils import timezone
 
+from api import events, services
 from api.inputs import ModelInput
 from api.models import Job, JobStatus
 from api.services import job_claim_queued, job_create, job_leases_renew, job_requeue_orphans, job_start, model_spec_get
@@ -217,3 +219,74 @@ def test_the_claim_decides_whether_to_look_for_batch_mates(echo_model: Path, mak
         assert claims and ran_together == 1 + others
     else:
         assert claims == [] and ran_together == 1
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["update-returning", "orm"])
+def test_a_batch_claim_takes_the_oldest_first_attempts_and_hands_back_the_rows_it_wrote(
+        echo_model: Path, make_jobs: Any, monkeypatch: Any, one_statement: bool) -> None:
+    if not one_statement:  # the path for a database without RETURNING
+        monkeypatch.setattr(services._CLAIM_OLDEST, "supported", lambda connection: False)
+    jobs = make_jobs([f"input {i}".encode() for i in range(6)])
+    retried = jobs[1]
+    Job.objects.filter(id=retried.id).update(attempts=1)  # requeued after a lost worker: runs alone
+    Job.objects.filter(id=jobs[2].id).update(model_version="2")  # another version: another batch
+
+    claimed = job_claim_queued(model_name="echo", model_version="1", worker="w1", limit=2)
+    assert [j.id for j in claimed] == [jobs[0].id, jobs[3].id]
+    for job in claimed:
+        row = Job.objects.with_input().get(id=job.id)
+        assert (job.status, job.attempts, job.worker) == (row.status, row.attempts, row.worker) == (
+            JobStatus.RUNNING, 1, "w1")
+        assert job.started_at == row.started_at and job.lease_expires_at == row.lease_expires_at > row.started_at
+        assert job.queue_ms == row.queue_ms == pytest.approx((row.started_at - row.created_at).total_seconds() * 1000,
+                                                             abs=0.01)
+        assert bytes(job.input_data) == bytes(row.input_data) and job.input_content_type == row.input_content_type
+
+    assert [j.id for j in job_claim_queued(model_name="echo", model_version="1", worker="w2", limit=8)] == [
+        jobs[4].id, jobs[5].id]
+    assert job_claim_queued(model_name="echo", model_version="1", worker="w2", limit=8) == []
+    assert Job.objects.get(id=retried.id).status == JobStatus.QUEUED
+
+
+def heard_on(pubsub: Any, count: int) -> dict[str, Any]:
+    """The events `pubsub` receives (channel: body) until `count` have come, or 5 s have passed."""
+    heard: dict[str, Any] = {}
+    deadline = time.monotonic() + 5
+    while len(heard) < count and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            heard[message["channel"].decode()] = json.loads(message["data"])
+    pubsub.close()
+    return heard
+
+
+@pytest.mark.django_db(transaction=True)  # each ending commits at once, as in a worker
+def test_a_batch_announces_every_ending_in_one_round_trip(echo_model: Path, make_jobs: Any, fake_redis: Any,
+                                                        monkeypatch: Any) -> None:
+    set_batching(echo_model, batch_size=8)
+    jobs = make_jobs([b"good one", b"invalid input", b"good two"])
+    pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(*(events.job_channel(j.id) for j in jobs))
+    round_trips: list[list[Any]] = []
+    real_publish = events._publish
+    monkeypatch.setattr(events, "_publish", lambda ended: round_trips.append([j.id for j in ended])
+                        or real_publish(ended))
+
+    runner.run_job(str(jobs[0].id))
+
+    assert round_trips == [[j.id for j in jobs]]
+    heard = heard_on(pubsub, len(jobs))
+    assert {channel: body["status"] for channel, body in heard.items()} == {
+        events.job_channel(jobs[0].id): "succeeded", events.job_channel(jobs[1].id): "failed",
+        events.job_channel(jobs[2].id): "succeeded"}
+
+
+def test_announcements_held_together_are_still_sent_when_the_block_raises(fake_redis: Any, make_jobs: Any) -> None:
+    job = make_jobs([b"a"])[0]
+    pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events.job_channel(job.id))
+    with pytest.raises(RuntimeError), events.job_events_together():
+        events.job_event_publish(job)
+        assert pubsub.get_message(timeout=0.05) is None  # held until the block ends
+        raise RuntimeError
+    assert heard_on(pubsub, 1) == {events.job_channel(job.id): {"status": "queued", "row": ANY}}
