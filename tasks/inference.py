@@ -1,13 +1,21 @@
-"""`inference.run`: the message carries a job id; the worker runner does the rest."""
+"""`inference.run`: the message carries a job id (its task id); the worker runner does the rest."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
+# The worker's consumer reads the batch mates back from this result's repr (workers/consumer.py): room for
+# the largest batch's ids, where Celery's default (1024 characters) holds about 25.
+RESULT_REPR_CHARS = 64 * 1024
 
-@shared_task(name="inference.run", ignore_result=True)
-def run(*, job_id: str, model: str | None = None) -> None:
-    """Run one job. `model` is informational (shown in Flower); the Job row is authoritative."""
+
+@shared_task(name="inference.run", ignore_result=True, resultrepr_maxsize=RESULT_REPR_CHARS)
+def run(*, job_id: str, model: str | None = None) -> dict[str, Any] | None:
+    """Run one job, with the queued jobs it gathers into its batch. `model` is informational (shown in Flower);
+    the Job row is authoritative. The result (never stored; Flower shows it) names the batch mates."""
     from workers.runner import run_job
 
-    run_job(job_id)
+    mates = run_job(job_id)
+    return {"batch_mates": mates} if mates else None

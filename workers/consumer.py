@@ -1,4 +1,5 @@
-"""The worker's Celery consumer: task events for Flower go out shortly after a task starts, not before.
+"""The worker's Celery consumer: task events for Flower go out shortly after a task starts, not before; and
+the messages of jobs that already ran in another job's batch end here, without a trip to the pool (BatchMates).
 
 Celery's consumer buffers task events (received, started, succeeded) and, stock, flushes them
 at the top of the very next event-loop turn. That turn comes before the loop writes the task
@@ -12,18 +13,91 @@ nobody watching a dashboard can tell; a full buffer (Celery's 24 events) still f
 
 from __future__ import annotations
 
+import ast
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.state import task_ready
 
 logger = logging.getLogger("inferq.worker")
 
 EVENT_FLUSH_S = 0.05
+INFERENCE_TASK = "inference.run"
+# Batch mates remembered until their messages come; ids whose message went to another worker age out.
+BATCH_MATES_KEPT = 4096
+
+
+class BatchMates:
+    """The jobs that ran as another job's batch mates, until their own messages reach this worker.
+
+    Each queued job has a message; a batch runs up to `batch_size` jobs under its first job's message, and
+    the others' messages used to go to the pool process one by one to find their job taken: a hand-off each
+    way and a write statement (`job_start`'s guarded UPDATE) each, 7 per batch of 8. The pool process now names
+    the batch mates in its result (Flower shows it), and their messages are acknowledged here, in the
+    consumer, with the task events Flower expects ("ran in the batch of job …"). Only what the pool process
+    reported is skipped, after the batch has ended every one of them: any other message runs as before (a
+    second pool process may still get a mate's message while its batch runs, and finds the job taken).
+    """
+
+    def __init__(self, kept: int = BATCH_MATES_KEPT) -> None:
+        self.kept = kept
+        self._leaders: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, leader: str, result_repr: Any) -> None:
+        """Note the batch mates named in a finished `inference.run`'s result (Celery hands back its repr)."""
+        if not isinstance(result_repr, str) or "batch_mates" not in result_repr:
+            return
+        try:
+            mates = ast.literal_eval(result_repr)["batch_mates"]
+        except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
+            logger.warning("could not read the batch mates of job %s from its result", leader)
+            return
+        for mate in mates:
+            self._leaders[str(mate)] = leader
+        while len(self._leaders) > self.kept:
+            self._leaders.popitem(last=False)
+
+    def leader_of(self, job_id: str) -> str | None:
+        """The job whose batch ran `job_id`, once (its message is then done), or None."""
+        return self._leaders.pop(job_id, None)
+
+    def handler(self, on_task_request: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Wrap the worker's task handler: batch mates end here; every other `inference.run` is watched for
+        the batch mates it names."""
+
+        def handle(request: Any) -> Any:
+            if request.name != INFERENCE_TASK:
+                return on_task_request(request)
+            leader = self.leader_of(request.id)
+            if leader is not None:
+                task_ready(request, successful=True)
+                request.acknowledge()
+                request.send_event("task-succeeded", result=repr(f"ran in the batch of job {leader}"), runtime=0.0)
+                return None
+            on_success = request.on_success
+
+            def on_success_noting_mates(failed__retval__runtime: tuple[Any, Any, Any], **kwargs: Any) -> Any:
+                failed, retval, _ = failed__retval__runtime
+                if not failed:
+                    self.remember(request.id, retval)  # before the ack below lets the next message in
+                return on_success(failed__retval__runtime, **kwargs)
+
+            request.on_success = on_success_noting_mates
+            return on_task_request(request)
+
+        return handle
 
 
 class Consumer(CeleryConsumer):
     _event_flush_due = 0.0
+
+    def __init__(self, on_task_request: Callable[[Any], Any], *args: Any, **kwargs: Any) -> None:
+        self.batch_mates = BatchMates()
+        super().__init__(self.batch_mates.handler(on_task_request), *args, **kwargs)
 
     def on_send_event_buffered(self) -> None:
         if not self.hub:

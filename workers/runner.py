@@ -37,10 +37,11 @@ def device() -> torch.device:
     return _state["device"]
 
 
-def run_job(job_id: str) -> None:
+def run_job(job_id: str) -> list[str]:
     """Claim the message's job, gather a batch of queued jobs of the same model, run them together.
 
-    Everything that can go wrong with one job ends as that job's error, never the worker's.
+    Everything that can go wrong with one job ends as that job's error, never the worker's. Returns the ids
+    of the batch mates it ran (ended, every one), whose own messages then have nothing left to do.
     """
     worker = _state["hostname"]
     # Connections are kept between jobs (celeryconfig's CELERY_DB_REUSE_MAX); drop one that broke or aged out.
@@ -48,7 +49,7 @@ def run_job(job_id: str) -> None:
     job = job_start(job_id=job_id, worker=worker)
     if job is None:
         logger.debug("job skipped (ended, canceled, or held by another worker)", extra={"job_id": job_id})
-        return
+        return []
     jobs = [job]
     with lease.holding([job.id]):
         # A job retried after its worker died runs alone: if its input is what kills workers,
@@ -57,6 +58,7 @@ def run_job(job_id: str) -> None:
             jobs += gather_batch(job, worker)
         with lease.holding([j.id for j in jobs]):
             run_claimed(jobs)
+    return [str(j.id) for j in jobs[1:]]
 
 
 def gather_batch(job: Job, worker: str) -> list[Job]:

@@ -85,6 +85,24 @@ def worker_stopped(stack: Stack) -> Iterator[None]:
         stack.wait_worker_ready()
 
 
+def test_batch_mates_messages_end_in_the_consumer_not_in_a_pool_process(stack: Stack) -> None:
+    """Jobs queued while the worker is down run in batches of 4; their own messages need not reach the pool."""
+    bodies = [f"mates job {i}".encode() for i in range(16)]
+    with worker_stopped(stack):
+        ids = submit_all(stack, "echo", bodies)
+    jobs = assert_every_job_succeeded_once(stack, ids, bodies)
+    assert max(j["timings"]["batch_size"] for j in jobs) > 1
+    logs = stack.logs()
+    # Celery logs each task its pool process ran, with the result: a batch's names its batch mates.
+    ran = set(re.findall(r"Task inference\.run\[([0-9a-f-]{36})\] succeeded", logs)) & set(ids)
+    mates = {m for names in re.findall(r"'batch_mates': \[([^\]]*)\]", logs)
+             for m in re.findall(r"[0-9a-f-]{36}", names)} & set(ids)
+    # With two pool processes a mate's message can reach the other process while its batch still runs (and
+    # find its job taken); once the batch has ended, the consumer ends the mates' messages itself.
+    assert mates - ran, (mates, ran)
+    assert ran | mates == set(ids)
+
+
 def test_kill_9_of_worker_children_mid_run_loses_no_job_and_writes_each_result_once(stack: Stack) -> None:
     bodies = payloads("children", RUN)
     ids = submit_all(stack, "echo", bodies)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from celery import Celery
 
 import celeryconfig
 from workers import consumer as consumer_module
-from workers.consumer import EVENT_FLUSH_S, Consumer
+from workers.consumer import EVENT_FLUSH_S, BatchMates, Consumer
 
 
 class FakeHub:
@@ -78,3 +79,100 @@ def test_celery_uses_this_consumer() -> None:
     app.config_from_object(celeryconfig)
     assert app.conf.worker_consumer == "workers.consumer:Consumer"
     assert app.conf.worker_send_task_events is True
+
+
+class FakeRequest:
+    """The parts of a Celery worker Request the batch-mate handler uses."""
+
+    def __init__(self, job_id: str, name: str = "inference.run") -> None:
+        self.id = job_id
+        self.name = name
+        self.acked = False
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.successes: list[tuple[Any, Any, Any]] = []
+
+    def acknowledge(self) -> None:
+        self.acked = True
+
+    def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
+        self.events.append((type, fields))
+
+    def on_success(self, failed__retval__runtime: tuple[Any, Any, Any], **kwargs: Any) -> None:
+        self.successes.append(failed__retval__runtime)
+
+
+def result_repr(value: Any) -> str:
+    """What Celery's pool hands the consumer for a task's return value: its repr, within the task's limit."""
+    from celery.utils.saferepr import saferepr
+
+    from tasks.inference import run
+
+    return saferepr(value, run.resultrepr_maxsize)
+
+
+@pytest.fixture
+def mates_handler() -> tuple[BatchMates, Any, list[FakeRequest]]:
+    mates = BatchMates(kept=4)
+    to_pool: list[FakeRequest] = []
+    return mates, mates.handler(to_pool.append), to_pool
+
+
+def test_a_batch_mates_message_ends_in_the_consumer_once_its_leader_has_ended(mates_handler: Any) -> None:
+    from celery.worker import state
+
+    mates, handle, to_pool = mates_handler
+    leader, mate, other = FakeRequest("job-1"), FakeRequest("job-2"), FakeRequest("job-3")
+    handle(leader)
+    assert to_pool == [leader]
+    leader.on_success((False, result_repr({"batch_mates": ["job-2"]}), 0.5))  # the pool's result comes back
+    assert leader.successes == [(False, "{'batch_mates': ['job-2']}", 0.5)]  # Celery's own handling goes on
+
+    state.task_reserved(mate)
+    handle(mate)
+    assert to_pool == [leader]  # not sent to the pool
+    assert mate.acked and mate not in state.reserved_requests
+    assert mate.events == [("task-succeeded", {"result": "'ran in the batch of job job-1'", "runtime": 0.0})]
+
+    handle(other)  # not a batch mate: runs
+    again = FakeRequest("job-2")
+    handle(again)  # a second message for the same job (a redelivery) runs: the pool finds the job ended
+    assert to_pool == [leader, other, again] and not other.acked and not again.acked
+
+
+def test_only_a_successful_inference_run_names_batch_mates(mates_handler: Any) -> None:
+    mates, handle, to_pool = mates_handler
+    failed, lone, housekeeping = FakeRequest("job-1"), FakeRequest("job-2"), FakeRequest("job-3", name="sweep")
+    for request in (failed, lone, housekeeping):
+        handle(request)
+    failed.on_success((True, "ExceptionInfo", 0.1))
+    lone.on_success((False, result_repr(None), 0.1))
+    assert housekeeping.on_success.__func__ is FakeRequest.on_success  # other tasks are left alone
+    assert mates.leader_of("job-9") is None
+    mates.remember("job-1", "{'batch_mates': ['job-4', 'job-")  # cut short: nothing is taken from it
+    assert mates.leader_of("job-4") is None
+    assert len(to_pool) == 3
+
+
+def test_the_largest_batch_fits_in_the_result_repr_and_old_mates_age_out() -> None:
+    mates = BatchMates(kept=100)
+    ids = [f"{i:08d}-0000-0000-0000-000000000000" for i in range(99)]  # batch_size 100: 99 mates
+    assert len(ids[0]) == 36
+    mates.remember("leader", result_repr({"batch_mates": ids}))
+    assert all(mates.leader_of(i) == "leader" for i in ids)
+    mates.remember("a", result_repr({"batch_mates": ids[:60]}))
+    mates.remember("b", result_repr({"batch_mates": ids[60:]}))
+    mates.remember("c", result_repr({"batch_mates": ["x", "y"]}))
+    assert mates.leader_of(ids[0]) is None  # 101 remembered, 100 kept: the oldest went
+    assert mates.leader_of(ids[1]) == "a" and mates.leader_of(ids[98]) == "b" and mates.leader_of("y") == "c"
+
+
+def test_the_worker_consumer_wraps_the_task_handler() -> None:
+    seen: list[Any] = []
+    app = Celery(broker="memory://", set_as_current=False)
+    consumer = Consumer(seen.append, app=app, hostname="w@test", pool=None, timer=None,
+                        controller=SimpleNamespace(use_eventloop=False))
+    mate = FakeRequest("job-2")
+    consumer.batch_mates.remember("job-1", "{'batch_mates': ['job-2']}")
+    consumer.on_task_request(mate)
+    consumer.on_task_request(FakeRequest("job-3"))
+    assert mate.acked and [r.id for r in seen] == ["job-3"]
