@@ -139,3 +139,63 @@ def test_example_input_fits_the_model(digits_handler: Any) -> None:
     example = digits_handler.example_input()
     assert example.shape == (1, 8, 8)
     digits_handler.warmup()
+
+
+def decode_threads(handler: Any, monkeypatch: Any, meet: int) -> set[int]:
+    """Record the threads `handler.decode` runs on; with `meet` > 1, each call first waits (10 s at most) until
+    that many calls have started: calls made one after another never get past it."""
+    import threading
+
+    seen: set[int] = set()
+    barrier = threading.Barrier(meet, timeout=10) if meet > 1 else None
+    decode = handler.decode
+
+    def recording(data: bytes, content_type: str) -> torch.Tensor:
+        seen.add(threading.get_ident())
+        if barrier is not None:
+            barrier.wait()
+        return decode(data, content_type)
+
+    monkeypatch.setattr(handler, "decode", recording)
+    return seen
+
+
+@pytest.fixture
+def two_threads() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_batch_decodes_side_by_side_on_its_forward_pass_threads(
+        digits_spec: Any, holdout: list[tuple[bytes, int]], monkeypatch: Any, two_threads: None) -> None:
+    import dataclasses
+
+    from workers.handlers import get_handler
+
+    handler = get_handler(dataclasses.replace(digits_spec, threads=None))  # every thread the process has
+    handler.setup(torch.device("cpu"))
+    inputs = [(png, "image/png") for png, _ in holdout[:5]]
+    inputs.insert(2, (b"garbage", "image/png"))
+    one_by_one = [handler(png, kind) for png, kind in inputs if png != b"garbage"]
+
+    threads = decode_threads(handler, monkeypatch, meet=2)
+    outcomes = handler.run_batch(inputs)
+
+    assert len(threads) == 2  # the two calls met: they ran at the same time
+    assert outcomes[2].error is not None and outcomes[2].error.code == "invalid_image"  # still fails alone
+    results = [o.result for o in outcomes if o.error is None]
+    assert [r["predictions"][0]["index"] for r in results] == [s["predictions"][0]["index"] for s in one_by_one]
+    for batched, single in zip(results, one_by_one, strict=True):
+        for b, s in zip(batched["predictions"], single["predictions"], strict=True):
+            assert b["probability"] == pytest.approx(s["probability"], abs=1e-5)
+
+
+def test_a_model_held_to_one_thread_decodes_its_batch_in_turn(
+        digits_handler: Any, holdout: list[tuple[bytes, int]], monkeypatch: Any, two_threads: None) -> None:
+    assert digits_handler.spec.threads == 1
+    threads = decode_threads(digits_handler, monkeypatch, meet=1)
+    outcomes = digits_handler.run_batch([(png, "image/png") for png, _ in holdout[:4]])
+    assert [o.error for o in outcomes] == [None] * 4
+    assert len(threads) == 1
