@@ -29,7 +29,7 @@ def main() -> int:
     rows = []
     with stack(store, ROOT / "var" / "bench" / "split", models=[models["small"]]) as svc:
         for size, model in models.items():
-            count = 16 if size == "large" else 48
+            count = 32 if size == "large" else 48
             for procs, threads in splits():
                 log(f"{model}: {procs} process(es) x {threads} thread(s)")
                 restart_worker(svc, models=[model], concurrency=procs, threads=threads)
