@@ -35,7 +35,7 @@ from bench import memory
 from bench.client import Client, api_rates, run_jobs
 from bench.images import photos
 from bench.lab import Lab
-from bench.stack import settle, stack, start_worker, wait_online
+from bench.stack import cpu_seconds, settle, stack, start_worker, wait_online
 from tests.integration.processes import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,14 @@ def latency(svc: Service, count: int) -> list[float]:
     return times
 
 
+def cpu_groups(svc: Service) -> dict[str, list[int]]:
+    """The stack's processes by role, the worker's main process apart from its pool."""
+    worker = svc.procs["worker"].pid
+    groups = {"pool": [pid for pid in memory.tree(worker) if pid != worker], "worker main": [worker]}
+    groups.update({name: memory.tree(proc.pid) for name, proc in svc.procs.items() if name != "worker"})
+    return groups
+
+
 def pss(svc: Service) -> tuple[float, int]:
     return memory.tree_pss_mib(svc.procs["worker"].pid)
 
@@ -170,7 +178,12 @@ def main() -> int:
                                 latency=200)["latency_ms"]["p50"]
 
             log(f"(b) InferQ end to end, {main_model}")
+            groups = cpu_groups(svc)
+            before = {name: cpu_seconds(pids) for name, pids in groups.items()}
             results["b"] = throughput(svc, main_model, images, CLIENTS)
+            # The warm-up's images count too: CPU per image is over every image (b) sent.
+            sent = len(images) + min(len(images), max(2, CLIENTS))
+            results["b_cpu"] = {name: (cpu_seconds(pids) - before[name]) * 1000 / sent for name, pids in groups.items()}
             # (a) again at its best batch size, right after (b) and with InferQ idle: the host drifts over
             # minutes, so (b) is compared with the mean of the limit measured on either side of it.
             results["a_after"] = lab("limit", model=main_model, images=n_main, batch_sizes=[int(best_bs)],
@@ -226,6 +239,9 @@ def main() -> int:
         ("(b) InferQ end to end (HTTP)", f"{main_model}, default config",
          f"{results['b']:.2f} img/s", f"(b)/(a) = {results['b'] / limit_mean:.3f}  [target >= 0.95]; "
                                       f"/ side by side = {results['b'] / per_core_rate:.3f}"),
+        ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
+         " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())
+         + f"; {limit['cpu_ms_per_item'][best_bs]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),
         ("    one batch in flight", f"{main_model}, {ONE_BATCH} clients, not {CLIENTS}",
          f"{results['b_one_batch']:.2f} img/s", f"/ (a) = {results['b_one_batch'] / limit_mean:.3f}"),
         ("(c) one process per job", f"{big_model}, {CORES} at once, 1 thread",

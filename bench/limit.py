@@ -48,16 +48,20 @@ def load(store: Path, model: str) -> Handler:
 
 def measure(handler: Handler, items: list[tuple[bytes, str]], *, batch_sizes: list[int], threads: int,
             latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
-    """images/s per batch size over `items` with `threads` torch threads, then `latency` single calls."""
+    """images/s (and CPU ms per image) per batch size over `items` with `threads` torch threads, then
+    `latency` single calls."""
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"threads": threads, "rates": {}}
+    out["cpu_ms_per_item"] = {}
     for bs in batch_sizes:
         handler.run_batch(items[:bs])  # warm this shape
         out["started"] = time.time()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), os.times()
         for i in range(0, len(items), bs):
             handler.run_batch(items[i:i + bs])
         out["rates"][str(bs)] = len(items) / (time.perf_counter() - started)
+        done = os.times()
+        out["cpu_ms_per_item"][str(bs)] = (done.user + done.system - cpu.user - cpu.system) * 1000 / len(items)
         out["finished"] = time.time()
     if latency:
         times = []
