@@ -41,7 +41,7 @@ def run_job(job_id: str) -> list[str]:
     """Claim the message's job, gather a batch of queued jobs of the same model, run them together.
 
     Everything that can go wrong with one job ends as that job's error, never the worker's. Returns the ids
-    of the batch mates it ran (ended, every one), whose own messages then have nothing left to do.
+    of the batch mates whose ending it wrote, whose own messages then have nothing left to do.
     """
     worker = _state["hostname"]
     # Connections are kept between jobs (celeryconfig's CELERY_DB_REUSE_MAX); drop one that broke or aged out.
@@ -57,8 +57,9 @@ def run_job(job_id: str) -> list[str]:
         if job.attempts == 1 and settings.INFERQ_BATCHING:
             jobs += gather_batch(job, worker)
         with lease.holding([j.id for j in jobs]):
-            run_claimed(jobs)
-    return [str(j.id) for j in jobs[1:]]
+            ended = run_claimed(jobs)
+    # Only mates whose ending this run wrote: one whose lease ran out meanwhile has a new message to run.
+    return [str(j.id) for j in jobs[1:] if str(j.id) in ended]
 
 
 def gather_batch(job: Job, worker: str) -> list[Job]:
@@ -86,26 +87,33 @@ def gather_batch(job: Job, worker: str) -> list[Job]:
     return extra
 
 
-def run_claimed(jobs: list[Job]) -> None:
-    """Run claimed jobs of one model version as one batch; each gets its own outcome."""
+def run_claimed(jobs: list[Job]) -> set[str]:
+    """Run claimed jobs of one model version as one batch; each gets its own outcome. Returns the ids of the
+    jobs whose ending this run wrote (one whose lease was lost meanwhile may have been queued again)."""
     model_name, model_version = jobs[0].model_name, jobs[0].model_version
+    ended: set[str] = set()
+
+    def fail(job: Job, code: str, message: str, inference_ms: float | None = None) -> None:
+        if job_fail(job=job, code=code, message=message, inference_ms=inference_ms):
+            ended.add(str(job.id))
+
     inputs: list[tuple[bytes, str] | None] = []
     for job in jobs:
         try:
             inputs.append((job_input_read(job), job.input_content_type))
         except (OSError, ValueError) as exc:
-            job_fail(job=job, code="input_missing", message=f"The job's stored input cannot be read: {exc}")
+            fail(job, "input_missing", f"The job's stored input cannot be read: {exc}")
             inputs.append(None)
     ready = [(job, item) for job, item in zip(jobs, inputs, strict=True) if item is not None]
     if not ready:
-        return
+        return ended
     try:
         handler = registry.get(get_store(), model_name, model_version, device())
         outcomes = handler.run_batch([item for _, item in ready])
     except SoftTimeLimitExceeded:
         for job, _ in ready:
-            job_fail(job=job, code="timeout", message="The job ran past its model's time limit.")
-        return
+            fail(job, "timeout", "The job ran past its model's time limit.")
+        return ended
     except Exception:  # noqa: BLE001 - a model bug must fail the job, not kill the worker
         logger.exception("model %s:%s raised", model_name, model_version)
         outcomes = [Outcome(error=InputError("The model failed on this input.", code="inference_error"))
@@ -113,8 +121,8 @@ def run_claimed(jobs: list[Job]) -> None:
     with job_events_together():  # each ending is its own write; their announcements go out together
         for (job, _), outcome in zip(ready, outcomes, strict=True):
             if outcome.error is not None:
-                job_fail(job=job, code=outcome.error.code, message=outcome.error.message,
-                         inference_ms=outcome.inference_ms or None)
-            else:
-                job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
-                            batch_size=outcome.batch_size)
+                fail(job, outcome.error.code, outcome.error.message, outcome.inference_ms or None)
+            elif job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
+                             batch_size=outcome.batch_size):
+                ended.add(str(job.id))
+    return ended

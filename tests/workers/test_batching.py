@@ -61,6 +61,34 @@ def test_one_message_runs_every_queued_job_as_one_batch(echo_model: Path, make_j
     assert [rows[j.id].result["size"] for j in jobs] == [len(f"input {i}") for i in range(5)]
 
 
+def test_a_batch_names_the_mates_whose_ending_it_wrote(echo_model: Path, make_jobs: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the worker's consumer reads to end the mates' own messages without running them."""
+    set_batching(echo_model, batch_size=8)
+    jobs = make_jobs([f"input {i}".encode() for i in range(4)])
+    lost = str(jobs[2].id)
+    succeed = runner.job_succeed
+
+    def succeed_unless_lost(*, job: Job, **fields: Any) -> bool:
+        # As when the job's lease ran out mid-batch and it was queued again: the guarded write changes nothing.
+        return False if str(job.id) == lost else succeed(job=job, **fields)
+
+    monkeypatch.setattr(runner, "job_succeed", succeed_unless_lost)
+    assert runner.run_job(str(jobs[0].id)) == [str(jobs[1].id), str(jobs[3].id)]
+    assert runner.run_job(str(jobs[1].id)) == []  # its job is taken: nothing ran
+
+
+def test_the_task_result_names_the_batch_mates_and_a_lone_job_returns_none(echo_model: Path,
+                                                                          make_jobs: Any) -> None:
+    from tasks.inference import run
+
+    set_batching(echo_model, batch_size=8)
+    leader, *mates = make_jobs([f"input {i}".encode() for i in range(3)])
+    assert run.run(job_id=str(leader.id)) == {"batch_mates": [str(m.id) for m in mates]}
+    (lone,) = make_jobs([b"alone"])
+    assert run.run(job_id=str(lone.id)) is None
+
+
 def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any) -> None:
     set_batching(echo_model, batch_size=3)
     jobs = make_jobs([b"x" * (i + 1) for i in range(7)])
