@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from api.exceptions import InvalidInput, UnsupportedMediaType
 from workers.store import ModelSpec
 
+JPEG_END = b"\xff\xd9"
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
                  "GIF": "image/gif", "TIFF": "image/tiff"}
 NPY_TYPES = ("application/x-npy", "application/npy")
@@ -89,7 +90,14 @@ def check_image(data: bytes) -> str:
                     raise InvalidInput(
                         f"Image is {width}x{height} pixels; the limit is {max_pixels} pixels.",
                         code="image_too_large")
-                # A JPEG decoded at 1/8 scale still reads every byte: truncation is caught cheaply.
+                if img.format == "JPEG" and data.endswith(JPEG_END):
+                    # Whole from its start to its end-of-image marker: Pillow has read every segment before the
+                    # first scan, and inside a scan 0xFFD9 can only be that marker (JPEG stuffs each 0xFF data
+                    # byte). No pixel is decoded here: a 640x480 photo's 1/8-scale decode was 1.4 ms of CPU, as
+                    # much as the rest of its submit; the worker decodes it anyway, and fails the job alone if
+                    # the scan data is corrupt.
+                    return IMAGE_FORMATS[img.format]
+                # Otherwise decoded, a JPEG at 1/8 scale (which still reads every byte): truncation is caught.
                 img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 img.load()
                 return IMAGE_FORMATS[img.format]
