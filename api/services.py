@@ -25,11 +25,10 @@ from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
 from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, update_where
 from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
+from tasks.inference import TASK_NAME
 from workers.store import ModelSpec, StoreError, get_store
 
 logger = logging.getLogger("inferq.jobs")
-
-TASK_NAME = "inference.run"
 
 
 def model_spec_get(*, name: str, version: str | None = None) -> ModelSpec:

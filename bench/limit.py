@@ -51,8 +51,7 @@ def measure(handler: Handler, items: list[tuple[bytes, str]], *, batch_sizes: li
     """images/s (and CPU ms per image) per batch size over `items` with `threads` torch threads, then
     `latency` single calls."""
     torch.set_num_threads(threads)
-    out: dict[str, Any] = {"threads": threads, "rates": {}}
-    out["cpu_ms_per_item"] = {}
+    out: dict[str, Any] = {"threads": threads, "rates": {}, "cpu_ms_per_item": {}}
     for bs in batch_sizes:
         handler.run_batch(items[:bs])  # warm this shape
         out["started"] = time.time()

@@ -23,10 +23,11 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import task_ready
 
+from tasks.inference import TASK_NAME
+
 logger = logging.getLogger("inferq.worker")
 
 EVENT_FLUSH_S = 0.05
-INFERENCE_TASK = "inference.run"
 # Batch mates remembered until their messages come; ids whose message went to another worker age out.
 BATCH_MATES_KEPT = 4096
 
@@ -70,7 +71,7 @@ class BatchMates:
         the batch mates it names."""
 
         def handle(request: Any) -> Any:
-            if request.name != INFERENCE_TASK:
+            if request.name != TASK_NAME:
                 return on_task_request(request)
             leader = self.leader_of(request.id)
             if leader is not None:
