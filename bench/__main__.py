@@ -1,7 +1,9 @@
 """`make bench` / `make bench-quick`: every figure measured side by side in one run, printed as ratios.
 
-(a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores, measured
-    before, between and after three turns of (b) (the host drifts over minutes; each (b) is compared with
+(a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores (as one
+    forward pass per batch on every thread, or as one single-thread pass per core side by side over its
+    shares, the two ways the worker may run a batch: whichever is faster here), measured before, between
+    and after three turns of (b) (the host drifts over minutes; each (b) is compared with
     the mean of the limit on either side of it, and the median of the three ratios is reported)
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration
@@ -37,6 +39,7 @@ from bench import memory
 from bench.client import Client, api_rates, run_jobs
 from bench.images import photos
 from bench.lab import Lab
+from bench.layout import layout_of
 from bench.stack import cpu_seconds, settle, stack, start_worker, wait_online
 from tests.integration.processes import Service
 
@@ -176,8 +179,12 @@ def main() -> int:
             per_core_rate = lab("per_core", model=main_model, images=n_main // 2, batch=4 if not quick else 2,
                                 size=wh)["images_per_s"]
             limit = lab("limit", model=main_model, images=n_main, batch_sizes=[1, 4] if quick else [1, 4, 8],
-                        threads=CORES, size=wh)
-            best_bs, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
+                        threads=CORES, streams=[1, CORES], size=wh)
+            best, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
+            best_bs, best_streams = layout_of(best)
+            # The best single pass too (the issue's loop in its plainest form), measured beside (b) as well.
+            one_pass, one_pass_rate = max(((key, rate) for key, rate in limit["rates"].items()
+                                           if layout_of(key)[1] == 1), key=lambda kv: kv[1])
             digits_inproc = lab("limit", model="digits", images=64, batch_sizes=[1], threads=CORES, size=wh,
                                 latency=200)["latency_ms"]["p50"]
 
@@ -187,7 +194,7 @@ def main() -> int:
             # (b) and (a) take turns, (a) at its best batch size with InferQ idle: the host drifts over minutes
             # (the limit moved by 6-11% within one run here), so each (b) is compared with the mean of the
             # limit measured on either side of it, and the rounds' median is reported.
-            results["b_rounds"], results["a_rounds"] = [], [limit_rate]
+            results["b_rounds"], results["a_rounds"], results["one_pass_rounds"] = [], [limit_rate], [one_pass_rate]
             for turn in range(1 if quick else B_ROUNDS):
                 results["b_rounds"].append(throughput(svc, main_model, images, CLIENTS))
                 if turn == 0:
@@ -195,8 +202,12 @@ def main() -> int:
                     sent = len(images) + min(len(images), max(2, CLIENTS))
                     results["b_cpu"] = {name: (cpu_seconds(pids) - before[name]) * 1000 / sent
                                         for name, pids in groups.items()}
-                results["a_rounds"].append(lab("limit", model=main_model, images=n_main,
-                                               batch_sizes=[int(best_bs)], threads=CORES, size=wh)["rates"][best_bs])
+                results["a_rounds"].append(lab("limit", model=main_model, images=n_main, batch_sizes=[best_bs],
+                                               threads=CORES, streams=[best_streams], size=wh)["rates"][best])
+                results["one_pass_rounds"].append(
+                    results["a_rounds"][-1] if one_pass == best else
+                    lab("limit", model=main_model, images=n_main, batch_sizes=[layout_of(one_pass)[0]],
+                        threads=CORES, size=wh)["rates"][one_pass])
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
 
             log("(e) latency, digits, one client")
@@ -234,6 +245,9 @@ def main() -> int:
     big_best = max(results["big_1"], results["big_2"])
     a_rounds, b_rounds = results["a_rounds"], results["b_rounds"]
     b_ratios = [b / ((a_rounds[i] + a_rounds[i + 1]) / 2) for i, b in enumerate(b_rounds)]
+    one_pass_rounds = results["one_pass_rounds"]
+    b_one_pass = statistics.median(b / ((one_pass_rounds[i] + one_pass_rounds[i + 1]) / 2)
+                                   for i, b in enumerate(b_rounds))
     b_rate, b_ratio = statistics.median(b_rounds), statistics.median(b_ratios)
     limit_mean = statistics.fmean(a_rounds)
     overhead = [t - results["e_paced"] for t in results["e"]]
@@ -244,17 +258,21 @@ def main() -> int:
     poll_ratios = [p / t for p, t in zip(api["poll"], api["trivial"], strict=True)]
     submit_errors = sum(api["submit_errors"])
     rows += [
-        ("(a) limit: in-process loop", f"{main_model}, batch {best_bs}, {limit['threads']} threads",
+        ("(a) limit: in-process loop", f"{main_model}, batch {best_bs}, {limit['threads']} threads"
+         + (f" as {best_streams} streams" if best_streams > 1 else " in one pass"),
          " / ".join(f"{a:.2f}" for a in a_rounds) + " img/s", f"before, between and after (b); mean {limit_mean:.2f}"),
+        ("    every layout tried first", "batch size[:streams]",
+         ", ".join(f"{key} {rate:.2f}" for key, rate in limit["rates"].items()), ""),
         ("    side by side, 1 thread each", f"{main_model}, batch {4 if not quick else 2}, {CORES} loops",
          f"{per_core_rate:.2f} img/s", ""),
         ("(b) InferQ end to end (HTTP)", f"{main_model}, default config",
          f"{b_rate:.2f} img/s", f"(b)/(a) = {b_ratio:.3f}  [target >= 0.95]; rounds "
                                 + ", ".join(f"{r:.3f}" for r in b_ratios)
+                                + f"; / the best single-pass loop (batch {layout_of(one_pass)[0]}) = {b_one_pass:.3f}"
                                 + f"; / side by side = {b_rate / per_core_rate:.3f}"),
         ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
          " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())
-         + f"; {limit['cpu_ms_per_item'][best_bs]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),
+         + f"; {limit['cpu_ms_per_item'][best]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),
         ("    one batch in flight", f"{main_model}, {ONE_BATCH} clients, not {CLIENTS}",
          f"{results['b_one_batch']:.2f} img/s", f"/ (a) = {results['b_one_batch'] / limit_mean:.3f}"),
         ("(c) one process per job", f"{big_model}, {CORES} at once, 1 thread",

@@ -104,12 +104,13 @@ class Bench:
         return {"images_per_s": images * len(runs) / span, "loops": len(runs)}
 
     def limit(self, model: str, images: int, batch_sizes: list[int], threads: int, size: list[int],
-              latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
+              streams: list[int] | None = None, latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
         from bench.limit import inputs_for, load, measure
 
         self.computed = True
         return measure(load(self.store, model), inputs_for(model, images, (size[0], size[1])),
-                       batch_sizes=batch_sizes, threads=threads, latency=latency, gap_ms=gap_ms)
+                       batch_sizes=batch_sizes, threads=threads, streams=tuple(streams or (1,)), latency=latency,
+                       gap_ms=gap_ms)
 
 
 def _export(store: Path, architectures: list[str]) -> None:

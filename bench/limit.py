@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from bench.images import photos
+from bench.layout import layout_key
 from workers.digits import holdout_pngs
 from workers.handlers import Handler, get_handler
 from workers.store import ModelStore
@@ -47,21 +48,25 @@ def load(store: Path, model: str) -> Handler:
 
 
 def measure(handler: Handler, items: list[tuple[bytes, str]], *, batch_sizes: list[int], threads: int,
-            latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
-    """images/s (and CPU ms per image) per batch size over `items` with `threads` torch threads, then
-    `latency` single calls."""
+            streams: tuple[int, ...] = (1,), latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
+    """images/s (and CPU ms per image) per batch size and layout over `items` with `threads` torch threads (one
+    forward pass per batch, or `streams` side-by-side passes over its shares, as the worker may run it; see
+    `Handler.plan_streams`), then `latency` single calls."""
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"threads": threads, "rates": {}, "cpu_ms_per_item": {}}
     for bs in batch_sizes:
-        handler.run_batch(items[:bs])  # warm this shape
-        out["started"] = time.time()
-        started, cpu = time.perf_counter(), os.times()
-        for i in range(0, len(items), bs):
-            handler.run_batch(items[i:i + bs])
-        out["rates"][str(bs)] = len(items) / (time.perf_counter() - started)
-        done = os.times()
-        out["cpu_ms_per_item"][str(bs)] = (done.user + done.system - cpu.user - cpu.system) * 1000 / len(items)
-        out["finished"] = time.time()
+        for count in sorted({s for s in streams if 1 <= s <= min(bs, threads)}):
+            key, handler.streams = layout_key(bs, count), count
+            handler.run_batch(items[:bs])  # warm this shape
+            out["started"] = time.time()
+            started, cpu = time.perf_counter(), os.times()
+            for i in range(0, len(items), bs):
+                handler.run_batch(items[i:i + bs])
+            out["rates"][key] = len(items) / (time.perf_counter() - started)
+            done = os.times()
+            out["cpu_ms_per_item"][key] = (done.user + done.system - cpu.user - cpu.system) * 1000 / len(items)
+            out["finished"] = time.time()
+    handler.streams = 1
     if latency:
         times = []
         for i in range(latency):
@@ -85,10 +90,11 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=0.0,
                         help="with --latency: idle this long before each timed call (a served client's pace)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--streams", default="1", help="comma list: side-by-side passes per batch to try")
     args = parser.parse_args()
     out = measure(load(args.store, args.model), inputs_for(args.model, args.images),
                   batch_sizes=[int(b) for b in args.batch_sizes.split(",")], threads=args.threads,
-                  latency=args.latency, gap_ms=args.gap_ms)
+                  streams=tuple(int(s) for s in args.streams.split(",")), latency=args.latency, gap_ms=args.gap_ms)
     print(json.dumps(out))
 
 

@@ -79,7 +79,7 @@ def export_torchvision(
         "name": name, "version": version, "handler": "image_classifier", "architecture": architecture,
         "format": fmt, "weights": filename, "input": IMAGENET_INPUT,
         "labels": architectures.imagenet_labels(), "top_k": 5,
-        "batch_size": batch_size, "batch_delay_ms": batch_delay_ms, "threads": None, "timeout_s": 60,
+        "batch_size": batch_size, "batch_delay_ms": batch_delay_ms, "threads": None, "streams": None, "timeout_s": 60,
         "source": weights if weights in ("random", "published") else "file",
         "description": f"torchvision {architecture} ({'random' if weights == 'random' else weights} weights)",
     })

@@ -8,7 +8,10 @@ them to decide what to load. A manifest looks like::
      "input": {"kind": "image", "mode": "RGB", "resize": 256, "crop": 224,
                "mean": [...], "std": [...]},
      "labels": [...], "top_k": 5, "batch_size": 8, "batch_delay_ms": 5,
-     "threads": null, "timeout_s": 60}
+     "threads": null, "streams": null, "timeout_s": 60}
+
+`threads` caps the torch threads a model's forward pass gets; `streams` runs each batch as that many
+side-by-side forward passes over a share of it (null: measured when the worker loads the model).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ModelSpec:
     batch_size: int = 8
     batch_delay_ms: float = 5.0
     threads: int | None = None
+    streams: int | None = None
     timeout_s: float | None = None
     max_queued: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +87,7 @@ def _version_key(version: str) -> tuple[int, Any]:
 
 
 _KNOWN = {"name", "version", "handler", "architecture", "format", "weights", "input", "labels", "top_k",
-          "batch_size", "batch_delay_ms", "threads", "timeout_s", "max_queued"}
+          "batch_size", "batch_delay_ms", "threads", "streams", "timeout_s", "max_queued"}
 
 
 _CACHE: dict[Path, tuple[tuple[int, int], ModelSpec]] = {}
@@ -125,6 +129,7 @@ def _parse_manifest(path: Path) -> ModelSpec:
             batch_size=int(data.get("batch_size", 8)),
             batch_delay_ms=float(data.get("batch_delay_ms", 5.0)),
             threads=data.get("threads"),
+            streams=data.get("streams"),
             timeout_s=data.get("timeout_s"),
             max_queued=data.get("max_queued"),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
@@ -135,6 +140,9 @@ def _parse_manifest(path: Path) -> ModelSpec:
         raise StoreError(f"{path / MANIFEST}: unknown handler {spec.handler!r} (expected one of {HANDLERS})")
     if spec.format not in FORMATS:
         raise StoreError(f"{path / MANIFEST}: unknown format {spec.format!r} (expected one of {FORMATS})")
+    if spec.streams is not None and (isinstance(spec.streams, bool) or not isinstance(spec.streams, int)
+                                     or spec.streams < 1):
+        raise StoreError(f"{path / MANIFEST}: streams must be a positive whole number or null, not {spec.streams!r}")
     return spec
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench import limit
+from bench import layout, limit
 
 
 def run_limit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: Path,
@@ -35,3 +35,12 @@ def test_without_a_gap_the_calls_run_back_to_back(monkeypatch: pytest.MonkeyPatc
     assert slept == []
     assert out["latency_ms"]["p50"] > 0
 
+
+
+def test_the_limit_tries_each_batch_size_as_one_pass_and_as_streams(digits_store: Path) -> None:
+    handler = limit.load(digits_store, "digits")
+    out = limit.measure(handler, limit.inputs_for("digits", 8), batch_sizes=[1, 4], threads=2, streams=(1, 2))
+    assert set(out["rates"]) == {"1", "4", "4:2"}  # a batch of 1 has no second stream to run
+    assert all(rate > 0 for rate in out["rates"].values())
+    assert [layout.layout_of(key) for key in ("1", "4", "4:2")] == [(1, 1), (4, 1), (4, 2)]
+    assert handler.streams == 1  # left as it found it

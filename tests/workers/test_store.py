@@ -135,3 +135,15 @@ def test_a_lookup_is_reused_until_the_files_change(tmp_path: Path) -> None:
     write_entry(tmp_path, {"name": "m", "version": "2", "handler": "echo", "input": {}})
     assert store.versions("m") == ["1", "2"]  # a new version shows at once
     assert store.get("m").version == "2"
+
+
+@pytest.mark.parametrize("streams", [0, -1, "two", True, 1.5])
+def test_streams_must_be_a_positive_whole_number(tmp_path: Path, streams: object) -> None:
+    path = write_entry(tmp_path, {**ECHO, "version": "1", "streams": streams})
+    with pytest.raises(StoreError, match="streams must be a positive whole number or null"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("streams", [None, 1, 2])
+def test_streams_may_be_named_or_left_to_the_worker(tmp_path: Path, streams: int | None) -> None:
+    assert read_manifest(write_entry(tmp_path, {**ECHO, "version": "1", "streams": streams})).streams == streams
