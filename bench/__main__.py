@@ -7,7 +7,8 @@
     the mean of the limit on either side of it, and the median of the three ratios is reported)
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration
-    (the pool sized from the served models: resnet50 -> 1 process x all cores), 12 jobs in flight (and 8);
+    (the pool sized from the served models: resnet50 -> 1 process x all cores, its batches run as one pass
+    or as side-by-side streams as the worker measured at load), 12 jobs in flight (and 8);
     target (b)/(a) >= 0.95; the CPU each role of the stack spent per image, beside the loop's
 (c) one process per job (fork, load the model file, one thread);          target InferQ/(c) >= 3.5x
 (d) dynamic batching on / off

@@ -107,6 +107,7 @@ def spec(**fields: Any) -> ModelSpec:
 
 def test_each_stream_runs_its_share_on_its_own_thread_with_one_torch_thread(two_threads: None) -> None:
     handler = Sleepy(spec(), {}, meet=2)
+    handler.parallel_decode = True
     handler.setup(torch.device("cpu"))
     handler.streams = 2
 
@@ -117,6 +118,30 @@ def test_each_stream_runs_its_share_on_its_own_thread_with_one_torch_thread(two_
     assert [o.result["value"] if o.result else o.error.code for o in outcomes] == [2.0, 4.0, "invalid_input",
                                                                                    8.0, 10.0]
     assert torch.get_num_threads() == 2  # the calling thread keeps its own
+
+
+@pytest.mark.parametrize("parallel_decode", [True, False])
+def test_only_a_handler_that_declares_its_decode_thread_safe_decodes_in_its_streams(
+        two_threads: None, parallel_decode: bool) -> None:
+    handler = Sleepy(spec(), {})
+    handler.parallel_decode = parallel_decode
+    handler.setup(torch.device("cpu"))
+    handler.streams = 2
+    decoded_on: set[int] = set()
+    decode = handler.decode
+
+    def recording(data: bytes, content_type: str) -> torch.Tensor:
+        decoded_on.add(threading.get_ident())
+        return decode(data, content_type)
+
+    handler.decode = recording  # type: ignore[method-assign]
+    outcomes = handler.run_batch([(b"a", "x"), (b"bb", "x"), (b"ccc", "x"), (b"dddd", "x")])
+
+    assert [o.result for o in outcomes] == [{"value": 2.0}, {"value": 4.0}, {"value": 6.0}, {"value": 8.0}]
+    if parallel_decode:
+        assert threading.get_ident() not in decoded_on  # each stream decoded its own share
+    else:
+        assert decoded_on == {threading.get_ident()}  # all in the calling thread, in turn
 
 
 def test_a_batch_smaller_than_the_streams_runs_as_one_pass_on_every_thread(two_threads: None) -> None:

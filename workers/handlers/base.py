@@ -205,15 +205,21 @@ class Handler(ABC):
         return len(good)
 
     def _run_streams(self, inputs: list[tuple[bytes, str]], streams: int) -> list[Outcome]:
-        """Each stream decodes its share of the batch and runs it through the model on threads/streams torch
-        threads, in its own thread (torch ops release the GIL); the batch waits for them once, at the end."""
+        """Each stream decodes its share of the batch (if `parallel_decode`) and runs it through the model on
+        threads/streams torch threads, in its own thread (torch ops release the GIL); the batch waits for them
+        once, at the end."""
         per_stream = max(1, self.threads() // streams)
         outcomes = [Outcome() for _ in inputs]
+        # A handler that has not declared its decode thread-safe (`parallel_decode`) decodes here, in turn.
+        decoded_first = None if self.parallel_decode else [self.decode_one(item) for item in inputs]
 
         def stream(run: range) -> int:
             if torch.get_num_threads() != per_stream:
                 torch.set_num_threads(per_stream)  # this thread's own OpenMP team size
-            decoded = [self.decode_one(inputs[i]) for i in run]
+            if decoded_first is not None:
+                decoded = [decoded_first[i] for i in run]
+            else:
+                decoded = [self.decode_one(inputs[i]) for i in run]
             return self._forward(decoded, [outcomes[i] for i in run])
 
         ran = sum(stream_pool(streams).map(stream, split_evenly(len(inputs), streams)))
