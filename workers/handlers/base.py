@@ -234,9 +234,10 @@ class Handler(ABC):
         single-thread pass per thread side by side, on a batch of two samples per thread (fastest of `repeats`
         interleaved tries each).
 
-        Which is faster depends on the host: resnet50 ran 14% faster as two single-thread streams on one
-        2-core machine (contiguous weights), level on it with channels-last weights, and 22-37% slower on
-        another. Streams are kept within 3% because they hold up better beside the web tier: a 2-thread pass
+        Which is faster depends on the host: on one 2-core machine resnet50's limit loop ran 15% faster as two
+        streams (batch 8, decoding included), while on another two single-thread worker processes were 22-37%
+        slower than one 2-thread process. Streams are kept within 3% because they hold up better beside the web
+        tier: a 2-thread pass
         waits at every layer for whichever thread another process interrupted, a stream only for itself
         (resnet50 with a process taking 5% of the machine: 9% slower as one pass, 5% as two streams).
         Only on the CPU, with at least two threads, a batch of at least two and a pass of 20 ms or more.
