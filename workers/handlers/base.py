@@ -37,26 +37,22 @@ def threads_at_most(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(current)
 
 
-_decoders: dict[str, Any] = {"pid": None, "pool": None, "size": 0}
+_pools: dict[str, tuple[int, int, ThreadPoolExecutor]] = {}  # name -> (pid, size, pool)
 
 
-def decode_pool(size: int) -> ThreadPoolExecutor:
-    """This process's threads for decoding a batch's inputs side by side (made after the worker forks)."""
-    if _decoders["pid"] != os.getpid() or _decoders["size"] < size:
-        _decoders.update(pid=os.getpid(), size=size,
-                         pool=ThreadPoolExecutor(max_workers=size, thread_name_prefix="inferq-decode"))
-    return _decoders["pool"]
+def thread_pool(name: str, size: int) -> ThreadPoolExecutor:
+    """This process's pool of at least `size` threads named `inferq-<name>` (made after the worker forks)."""
+    found = _pools.get(name)
+    if found is None or found[0] != os.getpid() or found[1] < size:
+        found = _pools[name] = (os.getpid(), size,
+                                ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"inferq-{name}"))
+    return found[2]
 
 
-_streamers: dict[str, Any] = {"pid": None, "pool": None, "size": 0}
-
-
-def stream_pool(size: int) -> ThreadPoolExecutor:
-    """This process's threads for running a batch as side-by-side streams (made after the worker forks)."""
-    if _streamers["pid"] != os.getpid() or _streamers["size"] < size:
-        _streamers.update(pid=os.getpid(), size=size,
-                          pool=ThreadPoolExecutor(max_workers=size, thread_name_prefix="inferq-stream"))
-    return _streamers["pool"]
+def own_threads(threads: int) -> None:
+    """Give the calling thread's own torch (OpenMP) team `threads` threads; other threads keep theirs."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def split_evenly(count: int, parts: int) -> list[range]:
@@ -161,10 +157,10 @@ class Handler(ABC):
         """Each input decoded alone, in order (an unusable one as its InputError); side by side where the
         handler allows it. A 640x480 JPEG for resnet50 takes 4.5 ms here, a tenth of its share of a batch
         of 8's forward pass, during which one of two cores sat idle: on 2 threads, 2.5 ms."""
-        workers = min(len(inputs), torch.get_num_threads(), self.spec.threads or torch.get_num_threads())
+        workers = min(len(inputs), self.threads())
         if not self.parallel_decode or workers <= 1:
             return [self.decode_one(item) for item in inputs]
-        return list(decode_pool(workers).map(self.decode_one, inputs))
+        return list(thread_pool("decode", workers).map(self.decode_one, inputs))
 
     def threads(self) -> int:
         """The torch threads this model's forward pass gets in this process."""
@@ -214,15 +210,14 @@ class Handler(ABC):
         decoded_first = None if self.parallel_decode else [self.decode_one(item) for item in inputs]
 
         def stream(run: range) -> int:
-            if torch.get_num_threads() != per_stream:
-                torch.set_num_threads(per_stream)  # this thread's own OpenMP team size
+            own_threads(per_stream)
             if decoded_first is not None:
                 decoded = [decoded_first[i] for i in run]
             else:
                 decoded = [self.decode_one(inputs[i]) for i in run]
             return self._forward(decoded, [outcomes[i] for i in run])
 
-        ran = sum(stream_pool(streams).map(stream, split_evenly(len(inputs), streams)))
+        ran = sum(thread_pool("stream", streams).map(stream, split_evenly(len(inputs), streams)))
         for outcome in outcomes:
             if outcome.error is None:
                 outcome.batch_size = ran  # the batch the job ran in; inference_ms is its own stream's
@@ -251,7 +246,8 @@ class Handler(ABC):
         if self.device.type != "cpu" or threads < 2 or self.spec.batch_size < 2:
             return 1
         items = min(self.spec.batch_size, 2 * threads)
-        batch = self.example_input().unsqueeze(0).expand(items, *self.example_input().shape).contiguous()
+        example = self.example_input()
+        batch = example.unsqueeze(0).expand(items, *example.shape).contiguous()
         runs = split_evenly(items, threads)
 
         def whole() -> None:
@@ -259,13 +255,12 @@ class Handler(ABC):
                 self.predict(batch.to(self.device))
 
         def part(run: range) -> None:
-            if torch.get_num_threads() != 1:
-                torch.set_num_threads(1)
+            own_threads(1)
             with torch.inference_mode():
                 self.predict(batch[run.start:run.stop].to(self.device))
 
         def side_by_side() -> None:
-            list(stream_pool(threads).map(part, runs))
+            list(thread_pool("stream", threads).map(part, runs))
 
         timings: dict[str, list[float]] = {"whole": [], "streams": []}
         for attempt in range(repeats + 1):
