@@ -245,10 +245,13 @@ def main() -> int:
 
     big_best = max(results["big_1"], results["big_2"])
     a_rounds, b_rounds = results["a_rounds"], results["b_rounds"]
-    b_ratios = [b / ((a_rounds[i] + a_rounds[i + 1]) / 2) for i, b in enumerate(b_rounds)]
-    one_pass_rounds = results["one_pass_rounds"]
-    b_one_pass = statistics.median(b / ((one_pass_rounds[i] + one_pass_rounds[i + 1]) / 2)
-                                   for i, b in enumerate(b_rounds))
+
+    def turn_ratios(limits: list[float]) -> list[float]:
+        """Each turn of (b) over the mean of the limit measured on either side of it."""
+        return [b / ((limits[i] + limits[i + 1]) / 2) for i, b in enumerate(b_rounds)]
+
+    b_ratios = turn_ratios(a_rounds)
+    b_one_pass = statistics.median(turn_ratios(results["one_pass_rounds"]))
     b_rate, b_ratio = statistics.median(b_rounds), statistics.median(b_ratios)
     limit_mean = statistics.fmean(a_rounds)
     overhead = [t - results["e_paced"] for t in results["e"]]

@@ -27,6 +27,15 @@ def fresh_registry() -> Iterator[None]:
     loading._MAPPED.clear()
 
 
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """The test process's torch threads set to 2 (as on a 2-core worker), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits_entry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits demo model exported once for the session into its own store."""

@@ -160,13 +160,6 @@ def decode_threads(handler: Any, monkeypatch: Any, meet: int) -> set[int]:
     return seen
 
 
-@pytest.fixture
-def two_threads() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_a_batch_decodes_side_by_side_on_its_forward_pass_threads(
         digits_spec: Any, holdout: list[tuple[bytes, int]], monkeypatch: Any, two_threads: None) -> None:
