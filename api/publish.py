@@ -8,12 +8,17 @@ limits, then fills in each job's id and arguments), wraps them as kombu's Redis 
 (base64 body, delivery tag, delivery info), and pushes it with one
 long-lived client that keeps the broker's socket timeouts. Any other broker (the unit tests'
 `memory://`, AMQP) goes through `send_task` unchanged.
+
+`task_dequeue` is the other way: a worker that ran queued jobs in another job's batch takes their
+messages, which have nothing left to do, off the queue (on Redis; elsewhere they arrive and end in
+the worker's consumer, workers/consumer.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import threading
@@ -22,6 +27,8 @@ from typing import Any
 
 import redis
 from celery.utils.saferepr import saferepr
+
+logger = logging.getLogger("inferq.jobs")
 
 _lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
@@ -116,3 +123,44 @@ def task_publish(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], q
             # A connection Redis dropped is retried on a fresh one; a Redis that is down fails fast.
             if attempt == retries:
                 raise
+
+
+# Takes the messages naming these task ids (ARGV[2:]) off the far end of the list, where the oldest wait and
+# kombu's Redis transport pops from, looking at most ARGV[1] messages deep; returns the ids whose message it
+# took. A task id is a UUID and appears only in its own message. One script: atomic against the workers'
+# BRPOP, so a message is either taken here or delivered, never both.
+_DEQUEUE = """
+local taken = {}
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+for _, item in ipairs(items) do
+  for i = 2, #ARGV do
+    if string.find(item, ARGV[i], 1, true) then
+      if redis.call('LREM', KEYS[1], -1, item) > 0 then table.insert(taken, ARGV[i]) end
+      break
+    end
+  end
+end
+return taken
+"""
+# How deep the script looks: a batch's mates are the oldest queued jobs, so their messages sit at the end
+# the worker pops from, behind at most the messages other workers are about to take.
+DEQUEUE_DEPTH_PER_TASK = 4
+DEQUEUE_MIN_DEPTH = 64
+
+
+def task_dequeue(app: Any, *, queue: str, task_ids: list[str]) -> list[str]:
+    """Take the messages of these tasks off `queue` where they still wait; the ids whose message was taken.
+
+    Only for tasks with nothing left to do (the jobs a batch ended). None are taken on a broker other than
+    Redis, nor when Redis fails (logged): their messages then reach a worker as usual, which finds them done.
+    """
+    client = broker_client(app)
+    if client is None or not task_ids:
+        return []
+    depth = max(DEQUEUE_MIN_DEPTH, DEQUEUE_DEPTH_PER_TASK * len(task_ids))
+    try:
+        taken: list[bytes] = client.eval(_DEQUEUE, 1, queue, str(depth), *task_ids)  # type: ignore[assignment]
+    except redis.RedisError as exc:
+        logger.warning("could not take finished jobs' messages off %s: %s", queue, exc)
+        return []
+    return [t.decode() for t in taken]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 # The task every job's message names (the web tier publishes it; the worker's consumer recognises it).
 TASK_NAME = "inference.run"
@@ -13,11 +13,19 @@ TASK_NAME = "inference.run"
 RESULT_REPR_CHARS = 64 * 1024
 
 
-@shared_task(name=TASK_NAME, ignore_result=True, resultrepr_maxsize=RESULT_REPR_CHARS)
-def run(*, job_id: str, model: str | None = None) -> dict[str, Any] | None:
+@shared_task(bind=True, name=TASK_NAME, ignore_result=True, resultrepr_maxsize=RESULT_REPR_CHARS)
+def run(self: Task, *, job_id: str, model: str | None = None) -> dict[str, Any] | None:
     """Run one job, with the queued jobs it gathers into its batch. `model` is informational (shown in Flower);
-    the Job row is authoritative. The result (never stored; Flower shows it) names the batch mates."""
+    the Job row is authoritative. The result (never stored; Flower shows it) names the batch mates, and those
+    whose own messages it took off the queue (`dequeued`): the worker's consumer ends the others' messages
+    when they come (workers/consumer.py)."""
+    from api.publish import task_dequeue
     from workers.runner import run_job
 
     mates = run_job(job_id)
-    return {"batch_mates": mates} if mates else None
+    if not mates:
+        return None
+    # The queue this message came from holds the mates' messages too (one queue per model).
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    dequeued = task_dequeue(self.app, queue=queue, task_ids=mates) if queue else []
+    return {"batch_mates": mates, "dequeued": dequeued} if dequeued else {"batch_mates": mates}

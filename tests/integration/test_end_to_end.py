@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bench.images import photo
-from tests.integration.processes import Service, wait_until
+from tests.integration.processes import Service, task_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -114,31 +114,12 @@ def test_other_users_cannot_see_a_job(service: Service) -> None:
 
 def test_flower_gets_each_jobs_task_events(service: Service) -> None:
     """What Flower listens to: the worker's task events on the broker, received to succeeded, for each job."""
-    import threading
-
-    import redis
-    from celery import Celery
-
-    app = Celery()
-    seen: dict[str, list[str]] = {}
-    broker = redis.Redis.from_url(service.env["REDIS_URL"])
-    patterns_before = broker.pubsub_numpat()
-    with app.connection_for_read(service.env["REDIS_URL"]) as connection:
-        receiver = app.events.Receiver(connection, handlers={
-            "*": lambda event: seen.setdefault(event.get("uuid", ""), []).append(event["type"])})
-        listener = threading.Thread(target=receiver.capture, kwargs={"timeout": 60, "wakeup": False}, daemon=True)
-        listener.start()
-        try:
-            # kombu subscribes to the event exchange on its first read, after the consumer says it is ready.
-            wait_until(lambda: broker.pubsub_numpat() > patterns_before, 10, "the event receiver's subscription")
-            # Bytes no job has had: an input answered before would come from the result cache, with no task.
-            job = service.submit("digits", _unseen_digit(), "image/png", Prefer="wait=10").json()
-            assert job["status"] == "succeeded" and not job["cached"], job
-            wait_until(lambda: "task-succeeded" in seen.get(job["id"], []), 10, "the job's task events",
-                       [service.log("worker")])
-        finally:
-            receiver.should_stop = True
-            listener.join(5)
+    with task_events(service.env["REDIS_URL"]) as seen:
+        # Bytes no job has had: an input answered before would come from the result cache, with no task.
+        job = service.submit("digits", _unseen_digit(), "image/png", Prefer="wait=10").json()
+        assert job["status"] == "succeeded" and not job["cached"], job
+        wait_until(lambda: "task-succeeded" in seen.get(job["id"], []), 10, "the job's task events",
+                   [service.log("worker")])
     assert seen[job["id"]] == ["task-received", "task-started", "task-succeeded"]
 
 

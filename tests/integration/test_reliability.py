@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tests.integration.harness import Stack, echo_manifest, pid_alive, start_stack, stop_stack
-from tests.integration.processes import BIN, free_port, wait_until
+from tests.integration.processes import BIN, free_port, task_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,22 +86,33 @@ def worker_stopped(stack: Stack) -> Iterator[None]:
         stack.wait_worker_ready()
 
 
-def test_batch_mates_messages_end_in_the_consumer_not_in_a_pool_process(stack: Stack) -> None:
-    """Jobs queued while the worker is down run in batches of 4; their own messages need not reach the pool."""
+def test_batch_mates_messages_never_reach_a_pool_process_and_flower_still_sees_every_job(stack: Stack) -> None:
+    """Jobs queued while the worker is down run in batches of 4; their own messages need not reach the pool:
+    most are taken off the queue once their batch has ended them, the rest end in the consumer."""
     bodies = [f"mates job {i}".encode() for i in range(16)]
-    with worker_stopped(stack):
-        ids = submit_all(stack, "echo", bodies)
-    jobs = assert_every_job_succeeded_once(stack, ids, bodies)
+    with task_events(stack.env["REDIS_URL"]) as seen:
+        with worker_stopped(stack):
+            ids = submit_all(stack, "echo", bodies)
+        jobs = assert_every_job_succeeded_once(stack, ids, bodies)
+        wait_until(lambda: all("task-succeeded" in seen.get(i, []) for i in ids), 10, "every job's task events")
     assert max(j["timings"]["batch_size"] for j in jobs) > 1
     logs = stack.logs()
-    # Celery logs each task its pool process ran, with the result: a batch's names its batch mates.
+    # Celery logs each task its pool process ran, with the result: a batch's names its batch mates, and those
+    # whose messages it took off the queue.
     ran = set(re.findall(r"Task inference\.run\[([0-9a-f-]{36})\] succeeded", logs)) & set(ids)
     mates = {m for names in re.findall(r"'batch_mates': \[([^\]]*)\]", logs)
              for m in re.findall(r"[0-9a-f-]{36}", names)} & set(ids)
+    dequeued = {m for names in re.findall(r"'dequeued': \[([^\]]*)\]", logs)
+                for m in re.findall(r"[0-9a-f-]{36}", names)} & set(ids)
     # With two pool processes a mate's message can reach the other process while its batch still runs (and
-    # find its job taken); once the batch has ended, the consumer ends the mates' messages itself.
-    assert mates - ran, (mates, ran)
+    # find its job taken); once the batch has ended, the pool process takes the mates' messages off the queue.
+    assert dequeued and dequeued <= mates - ran, (dequeued, mates, ran)
     assert ran | mates == set(ids)
+    # Flower hears of a job whose message was taken off the queue from the consumer, as of any other.
+    assert {i: seen[i] for i in dequeued} == {i: ["task-received", "task-succeeded"] for i in dequeued}
+    assert all(seen[i][-1] == "task-succeeded" for i in ids)
+    broker = redis.Redis.from_url(stack.env["REDIS_URL"])
+    wait_until(lambda: broker.llen("inferq.model.echo") == 0, 10, "the echo queue to empty")
 
 
 def test_kill_9_of_worker_children_mid_run_loses_no_job_and_writes_each_result_once(stack: Stack) -> None:

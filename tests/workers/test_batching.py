@@ -89,6 +89,30 @@ def test_the_task_result_names_the_batch_mates_and_a_lone_job_returns_none(echo_
     assert run.run(job_id=str(lone.id)) is None
 
 
+def test_the_task_takes_its_mates_messages_off_the_queue_it_came_from(echo_model: Path, make_jobs: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from api import publish
+    from tasks.inference import run
+
+    set_batching(echo_model, batch_size=8)
+    leader, *mates = make_jobs([f"input {i}".encode() for i in range(3)])
+    asked: list[tuple[str, list[str]]] = []
+
+    def dequeue(app: Any, *, queue: str, task_ids: list[str]) -> list[str]:
+        asked.append((queue, task_ids))
+        return task_ids[:1]  # as when the other mate's message is already with a worker
+
+    monkeypatch.setattr(publish, "task_dequeue", dequeue)
+    run.push_request(delivery_info={"exchange": "", "routing_key": "inferq.model.echo"})
+    try:
+        result = run.run(job_id=str(leader.id))
+    finally:
+        run.pop_request()
+    mate_ids = [str(m.id) for m in mates]
+    assert asked == [("inferq.model.echo", mate_ids)]
+    assert result == {"batch_mates": mate_ids, "dequeued": mate_ids[:1]}
+
+
 def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any) -> None:
     set_batching(echo_model, batch_size=3)
     jobs = make_jobs([b"x" * (i + 1) for i in range(7)])

@@ -81,12 +81,26 @@ def test_celery_uses_this_consumer() -> None:
     assert app.conf.worker_send_task_events is True
 
 
+class RecordingEventer:
+    """Celery's event dispatcher as the consumer's requests hold it: `send(type, **fields)`."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
+        self.sent.append((type, fields))
+
+
 class FakeRequest:
     """The parts of a Celery worker Request the batch-mate handler uses."""
 
     def __init__(self, job_id: str, name: str = "inference.run") -> None:
         self.id = job_id
         self.name = name
+        self.kwargs = {"job_id": job_id, "model": "resnet50"}
+        self.task = SimpleNamespace(send_events=True)
+        self.eventer = RecordingEventer()
         self.acked = False
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.successes: list[tuple[Any, Any, Any]] = []
@@ -137,6 +151,29 @@ def test_a_batch_mates_message_ends_in_the_consumer_once_its_leader_has_ended(ma
     again = FakeRequest("job-2")
     handle(again)  # a second message for the same job (a redelivery) runs: the pool finds the job ended
     assert to_pool == [leader, other, again] and not other.acked and not again.acked
+
+
+def test_mates_taken_off_the_queue_are_not_awaited_and_flower_hears_of_them(mates_handler: Any) -> None:
+    mates, handle, to_pool = mates_handler
+    leader = FakeRequest("job-1")
+    handle(leader)
+    leader.on_success((False, result_repr({"batch_mates": ["job-2", "job-3"], "dequeued": ["job-2"]}), 0.5))
+
+    assert mates.leader_of("job-2") is None  # its message will not come: nothing to remember
+    assert mates.leader_of("job-3") == "job-1"  # still on the queue (or with another worker): ends when it comes
+    assert leader.eventer.sent == [
+        ("task-received", {"uuid": "job-2", "name": "inference.run", "args": "()",
+                           "kwargs": "{'job_id': 'job-2', 'model': 'resnet50'}", "root_id": "job-2",
+                           "parent_id": None, "retries": 0, "eta": None, "expires": None}),
+        ("task-succeeded", {"uuid": "job-2", "result": "'ran in the batch of job job-1'", "runtime": 0.0}),
+    ]
+    assert leader.successes == [(False, "{'batch_mates': ['job-2', 'job-3'], 'dequeued': ['job-2']}", 0.5)]
+
+    quiet = FakeRequest("job-4")
+    quiet.task = SimpleNamespace(send_events=False)  # a task that sends no events sends none for its mates
+    handle(quiet)
+    quiet.on_success((False, result_repr({"batch_mates": ["job-5"], "dequeued": ["job-5"]}), 0.5))
+    assert quiet.eventer.sent == [] and mates.leader_of("job-5") is None
 
 
 def test_only_a_successful_inference_run_names_batch_mates(mates_handler: Any) -> None:
