@@ -78,6 +78,25 @@ def run_jobs(base: str, token: str, model: str, items: list[tuple[bytes, str]],
     return time.perf_counter() - started, jobs
 
 
+def run_bulk(base: str, token: str, model: str, items: list[tuple[bytes, str]],
+             connections: int = 12) -> tuple[float, list[dict[str, Any]]]:
+    """Submit every item, then collect every result, over `connections` keep-alive connections (each submits
+    its share, then waits for each of its jobs in turn): every job in flight at once, as when a folder is
+    pushed in bulk. (seconds from the first submit to the last result, jobs in the items' order)."""
+    shares = [items[i::connections] for i in range(connections)]
+
+    def one(share: list[tuple[bytes, str]]) -> list[dict[str, Any]]:
+        client = Client(base, token)
+        submitted = [client.submit(model, data, content_type) for data, content_type in share]
+        return [client.result(job) for job in submitted]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        done = list(pool.map(one, shares))
+    elapsed = time.perf_counter() - started
+    return elapsed, [done[i % connections][i // connections] for i in range(len(items))]
+
+
 def rate(base: str, token: str, make_request: Callable[[], tuple[str, str, bytes | None, dict[str, str]]],
          seconds: float, threads: int = 4) -> tuple[float, int]:
     """Requests per second answered 2xx over `seconds`, from `threads` keep-alive clients; (rate, errors)."""
