@@ -3,8 +3,8 @@
 (a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores (as one
     forward pass per batch on every thread, or as one single-thread pass per core side by side over its
     shares, the two ways the worker may run a batch: whichever is faster here), measured before, between
-    and after three turns of (b) (the host drifts over minutes; each (b) is compared with
-    the mean of the limit on either side of it, and the median of the three ratios is reported)
+    and after five turns of (b) (the host drifts over minutes; each (b) is compared with
+    the mean of the limit on either side of it, and the median of the five ratios is reported)
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration
     (the pool sized from the served models: resnet50 -> 1 process x all cores, its batches run as one pass
@@ -64,7 +64,8 @@ API_CLIENTS = 16
 # (f) takes the three rates in turn this many times and reports the median of each round's ratios.
 API_ROUNDS = 3
 # (b) and the limit (a) take turns this many times.
-B_ROUNDS = 3
+# (The limit moved by up to 19% within one run on the third host: a median of three turns still swung.)
+B_ROUNDS = 5
 
 
 def log(message: str) -> None:
