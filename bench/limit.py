@@ -24,6 +24,7 @@ from bench.images import photos
 from bench.layout import layout_key
 from workers.digits import holdout_pngs
 from workers.handlers import Handler, get_handler
+from workers.malloc import tune_malloc
 from workers.store import ModelStore
 
 PHOTO = (640, 480)
@@ -42,6 +43,8 @@ def idle(seconds: float) -> None:
 
 
 def load(store: Path, model: str) -> Handler:
+    """The model's handler, set up on the CPU in a process whose allocator is tuned as a worker's is."""
+    tune_malloc()
     handler = get_handler(ModelStore(store).get(model))
     handler.setup(torch.device("cpu"))
     return handler

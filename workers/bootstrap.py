@@ -17,6 +17,8 @@ from typing import Any
 
 from celery import signals
 
+from workers.malloc import tune_malloc
+
 logger = logging.getLogger("inferq.worker")
 
 _served: list[Any] = []  # ModelSpec list, filled in the parent
@@ -89,6 +91,8 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
     if _layout["auto"]:
         sender.concurrency = auto_concurrency(specs)  # the pool is built after this signal
 
+    # Before anything large is allocated; the pool processes inherit it (workers/malloc.py).
+    tune_malloc()
     threads = threads_per_process(int(sender.concurrency or 1))
     _threads["intra"] = threads
     # Set before torch is imported so OpenMP and MKL size their pools once, correctly.

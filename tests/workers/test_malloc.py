@@ -1,0 +1,97 @@
+"""workers/malloc.py: memory a batch frees stays in the process for the next one, instead of being faulted back in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Rounds of what a forward pass does to the allocator: blocks of a few MiB allocated, written and freed. The
+# first round is the same either way (fresh pages); what the later rounds fault in is what was given back.
+ROUNDS = """
+import ctypes, resource, sys
+from workers.malloc import tune_malloc
+print("tuned" if tune_malloc() else "untouched")
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+SIZE = 2 << 20
+
+def one_round():
+    blocks = [libc.malloc(SIZE) for _ in range(16)]
+    for block in blocks:
+        libc.memset(block, 1, SIZE)
+    for block in reversed(blocks):
+        libc.free(block)
+
+one_round()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    one_round()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+PAGES_PER_ROUND = 16 * (2 << 20) // os.sysconf("SC_PAGE_SIZE")
+
+
+def faults_after_the_first_round(**env: str) -> tuple[str, int]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("INFERQ_MALLOC_TUNING", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", ROUNDS], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+
+
+def test_tuned_a_process_keeps_what_it_freed_for_the_next_round() -> None:
+    state, faults = faults_after_the_first_round()
+    assert state == "tuned"
+    assert faults < PAGES_PER_ROUND // 4  # five rounds reuse the first one's pages
+
+
+def test_glibcs_defaults_give_it_back_and_fault_it_in_again_every_round() -> None:
+    state, faults = faults_after_the_first_round(INFERQ_MALLOC_TUNING="0")
+    assert state == "untouched"
+    assert faults > 4 * PAGES_PER_ROUND  # what the tuning saves
+
+
+def test_an_operators_own_glibc_tunables_win() -> None:
+    state, faults = faults_after_the_first_round(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
+    assert state == "untouched"
+    assert faults > 4 * PAGES_PER_ROUND
+
+
+def test_the_worker_tunes_its_parent_before_forking_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import bootstrap
+
+    calls: list[str] = []
+    monkeypatch.setattr(bootstrap, "tune_malloc", lambda: calls.append("tuned") or True)
+    monkeypatch.setattr(bootstrap, "threads_per_process", lambda n: calls.append("sized") or 1)
+    monkeypatch.setattr(bootstrap, "served_models", lambda store, consumed: [])
+
+    class App:
+        class amqp:  # noqa: N801 - Celery's attribute name
+            class queues:  # noqa: N801
+                consume_from: dict[str, object] = {}
+
+    class Sender:
+        app = App
+        hostname = "w@test"
+        concurrency = 1
+
+    # What the signal handler changes in this process, put back after the test.
+    monkeypatch.setattr(bootstrap, "_layout", {"auto": False})
+    monkeypatch.setattr(bootstrap, "_served", [])
+    monkeypatch.setattr(bootstrap, "_worker", dict(bootstrap._worker))
+    monkeypatch.setattr(bootstrap, "_threads", dict(bootstrap._threads))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))
+    bootstrap.on_worker_init(sender=Sender())
+    assert calls[:2] == ["tuned", "sized"]
