@@ -5,7 +5,7 @@ adapts up to 32 MiB) and hands freed memory at the top of a heap back to the ker
 trim threshold (128 KiB, or twice the adapted mmap threshold). A forward pass allocates and frees tens of
 MiB of activations, so every batch got them back from the kernel page by page, each page a fault and
 zero-filled: on resnet50 (batches of 8 as two single-thread streams, 640×480 JPEGs) the worker's pool
-process took 2,000-4,700 minor page faults per image, the in-process loop 600-2,900. With the mmap
+process took 2,000-6,300 minor page faults per image, the in-process loop 600-2,900. With the mmap
 threshold fixed at its ceiling and freed memory kept up to TRIM_THRESHOLD, both took nearly none
 (1-170 and 40-1,500), the pool process spent 102-111 ms of CPU per image instead of 110-122, and (b)
 ran at 16.4-18.2 img/s against 14.7-16.5 (interleaved runs; `make bench`'s lab loop gets the same tuning,
