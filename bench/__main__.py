@@ -118,12 +118,9 @@ def throughput(svc: Service, model: str, images: list[bytes], concurrency: int |
     """images/s with `concurrency` jobs in flight (a closed loop), or, with BULK, every image submitted over
     CLIENTS connections and then every result collected."""
     items = [(img, "image/jpeg") for img in images]
-    if concurrency is None:  # BULK
-        run_bulk(svc.base, svc.token, model, items[:CLIENTS], CLIENTS)  # warm-up
-        elapsed, jobs = run_bulk(svc.base, svc.token, model, items, CLIENTS)
-    else:
-        run_jobs(svc.base, svc.token, model, items[: max(2, concurrency)], concurrency)  # warm-up
-        elapsed, jobs = run_jobs(svc.base, svc.token, model, items, concurrency)
+    run, n = (run_bulk, CLIENTS) if concurrency is None else (run_jobs, concurrency)  # None: BULK
+    run(svc.base, svc.token, model, items[: max(2, n)], n)  # warm-up
+    elapsed, jobs = run(svc.base, svc.token, model, items, n)
     failed = [j for j in jobs if j["status"] != "succeeded"]
     if failed:
         raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")

@@ -21,6 +21,7 @@ operator's own `GLIBC_TUNABLES=glibc.malloc.…` is left alone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -34,22 +35,13 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
 
-_done: dict[str, bool] = {}
-
-
+@functools.cache
 def tune_malloc() -> bool:
     """Set the thresholds above in this process (its children inherit them); whether they are set.
 
     Not on a C library other than glibc, not with INFERQ_MALLOC_TUNING=0, and not over malloc settings
-    given in GLIBC_TUNABLES. Idempotent.
+    given in GLIBC_TUNABLES. Once per process.
     """
-    if "result" in _done:
-        return _done["result"]
-    _done["result"] = result = _tune()
-    return result
-
-
-def _tune() -> bool:
     if os.environ.get("INFERQ_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
