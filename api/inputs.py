@@ -11,7 +11,9 @@ import base64
 import binascii
 import io
 import math
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,9 @@ from api.exceptions import InvalidInput, UnsupportedMediaType
 from workers.store import ModelSpec
 
 JPEG_END = b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Bit depths the PNG specification allows for each colour type (grey, RGB, palette, grey + alpha, RGBA).
+PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
                  "GIF": "image/gif", "TIFF": "image/tiff"}
 NPY_TYPES = ("application/x-npy", "application/npy")
@@ -79,6 +84,8 @@ def input_from_bytes(data: bytes, content_type: str, spec: ModelSpec) -> ModelIn
 def check_image(data: bytes) -> str:
     """Validate an encoded image; return its canonical content type."""
     max_pixels = settings.INFERQ_MAX_IMAGE_PIXELS
+    if data.startswith(PNG_SIGNATURE):
+        return check_png(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -86,10 +93,7 @@ def check_image(data: bytes) -> str:
                 if img.format not in IMAGE_FORMATS:
                     raise InvalidInput(f"Unsupported image format {img.format}.", code="invalid_image")
                 width, height = img.size
-                if width * height > max_pixels:
-                    raise InvalidInput(
-                        f"Image is {width}x{height} pixels; the limit is {max_pixels} pixels.",
-                        code="image_too_large")
+                _check_pixels(width, height, max_pixels)
                 if img.format == "JPEG" and data.endswith(JPEG_END):
                     # Whole from its start to its end-of-image marker: Pillow has read every segment before the
                     # first scan, and inside a scan 0xFFD9 can only be that marker (JPEG stuffs each 0xFF data
@@ -109,6 +113,62 @@ def check_image(data: bytes) -> str:
         raise InvalidInput("The body is not an image this service can read.", code="invalid_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"The image is corrupt or truncated ({exc}).", code="invalid_image") from exc
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    limits = [max_pixels] + ([Image.MAX_IMAGE_PIXELS] if Image.MAX_IMAGE_PIXELS else [])
+    if width * height > min(limits):
+        raise InvalidInput(f"Image is {width}x{height} pixels; the limit is {min(limits)} pixels.",
+                           code="image_too_large")
+
+
+def check_png(data: bytes, max_pixels: int) -> str:
+    """A PNG's structure, without decoding it: a valid header, then chunk after chunk whole (each one's CRC
+    over every byte it holds) up to its end chunk, with image data before it.
+
+    Decoding a PNG on the web tier cost more than the rest of a small image's submit (Pillow's open and
+    load: 0.14 ms for a 32x32 digit, 8 ms for a 640x480 photo), and every byte is covered by a chunk CRC,
+    which catches truncation and damage better than a decode does. What the CRCs cannot catch, a compressed
+    stream that was written wrong to begin with, fails its job alone in the worker, which decodes it anyway.
+    """
+    def corrupt(why: str) -> InvalidInput:
+        return InvalidInput(f"The image is corrupt or truncated ({why}).", code="invalid_image")
+
+    view = memoryview(data)
+    offset, end = len(PNG_SIGNATURE), len(data)
+    seen_data = seen_palette = False
+    color = -1
+    first = True
+    while True:
+        if offset + 12 > end:
+            raise corrupt("it ends before its IEND chunk")
+        length = int.from_bytes(view[offset:offset + 4], "big")
+        kind = bytes(view[offset + 4:offset + 8])
+        stop = offset + 8 + length
+        if length > 0x7FFFFFFF or not kind.isalpha() or stop + 4 > end:
+            raise corrupt(f"chunk {kind!r} at byte {offset} runs past the end" if kind.isalpha()
+                          else f"no chunk at byte {offset}")
+        if zlib.crc32(view[offset + 4:stop]) != int.from_bytes(view[stop:stop + 4], "big"):
+            raise corrupt(f"chunk {kind.decode()} at byte {offset} fails its CRC")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                raise corrupt("it does not start with an IHDR chunk")
+            width, height, depth, color, compression, filtering, interlace = \
+                struct.unpack(">IIBBBBB", view[offset + 8:stop])
+            if not (0 < width <= 0x7FFFFFFF and 0 < height <= 0x7FFFFFFF) or depth not in PNG_DEPTHS.get(color, ()) \
+                    or compression or filtering or interlace > 1:
+                raise corrupt(f"its header is invalid: {width}x{height}, depth {depth}, colour type {color}")
+            _check_pixels(width, height, max_pixels)
+            first = False
+        elif kind == b"IDAT":
+            seen_data = True
+        elif kind == b"PLTE":
+            seen_palette = True
+        elif kind == b"IEND":
+            if not seen_data or (color == 3 and not seen_palette):
+                raise corrupt("it has no image data" if not seen_data else "its palette is missing")
+            return "image/png"  # bytes after IEND are ignored, as decoders ignore them
+        offset = stop + 4
 
 
 def _load_npy(data: bytes) -> np.ndarray:

@@ -19,7 +19,9 @@ class FastContentNegotiation(DefaultContentNegotiation):
     def select_renderer(self, request: Request, renderers: list[BaseRenderer],
                         format_suffix: str | None = None) -> tuple[BaseRenderer, str]:
         accept = request.META.get("HTTP_ACCEPT")
-        if renderers and not format_suffix and self.settings.URL_FORMAT_OVERRIDE not in request.GET:
+        # `request.GET` parses the query string: read only when there is one.
+        if renderers and not format_suffix and (not request.META.get("QUERY_STRING")
+                                                or self.settings.URL_FORMAT_OVERRIDE not in request.GET):
             first = renderers[0]
             if accept is None or accept == "*/*" or accept == first.media_type:
                 return first, first.media_type

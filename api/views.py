@@ -16,8 +16,8 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from api.apiview import ApiView
 from api.events import job_wait, parse_prefer_wait, parse_query_wait
 from api.exceptions import InvalidInput, PayloadTooLarge, error_body
 from api.heartbeats import workers_online
@@ -105,7 +105,7 @@ def read_model_input(request: Request, spec: ModelSpec) -> ModelInput:
     return input_from_bytes(data, media, spec)
 
 
-class JobCreateApi(APIView):
+class JobCreateApi(ApiView):
     parser_classes = [SafeJSONParser, MultiPartParser, RawBytesParser]
     throttle_classes = [SubmitRateThrottle]
 
@@ -127,26 +127,26 @@ class JobCreateApi(APIView):
         batch_id = request.query_params.get("batch")
         batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
         model_input = read_model_input(request, spec)
-        key = request.headers.get("Idempotency-Key") or None
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY") or None
         replayed = key is not None and job_key_used(user=request.user, idempotency_key=key)
         job = job_create(owner=request.user, spec=spec, model_input=model_input, batch=batch,
                          idempotency_key=key)
-        return submit_response(request, job, wait=parse_prefer_wait(request.headers.get("Prefer")), replayed=replayed)
+        return submit_response(request, job, wait=parse_prefer_wait(request.META.get("HTTP_PREFER")), replayed=replayed)
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(ApiView):
     @extend_schema(operation_id="job_get", summary="A job's status and result; `?wait=N` holds until it ends",
                    parameters=[JOB_ID, WAIT],
                    responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 429)})
     def get(self, request: Request, job_id: str) -> HttpResponse:
         job = job_get(user=request.user, job_id=job_id)
-        wait = parse_query_wait(request.query_params.get("wait"))
+        wait = parse_query_wait(request.query_params.get("wait")) if request.META.get("QUERY_STRING") else None
         if wait:
             job, _ = job_wait(job=job, timeout=wait)
         return job_response(request, job)
 
 
-class JobListApi(APIView):
+class JobListApi(ApiView):
     @extend_schema(operation_id="job_list", summary="The caller's jobs, newest first",
                    parameters=[JobListFilterSerializer, *PAGE_PARAMETERS],
                    responses={200: JOB_PAGE, **error_responses(400, 401, 429)})
@@ -159,7 +159,7 @@ class JobListApi(APIView):
         return paginator.get_paginated_response([job_to_dict(job) for job in page])
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(ApiView):
     @extend_schema(operation_id="job_cancel", summary="Cancel a job that has not finished", request=None,
                    description="A queued job is never run (its message is skipped); a running job's result is "
                                "discarded. An ended job is returned unchanged.",
@@ -169,7 +169,7 @@ class JobCancelApi(APIView):
         return job_response(request, job_cancel(job=job))
 
 
-class BatchCreateApi(APIView):
+class BatchCreateApi(ApiView):
     @extend_schema(operation_id="batch_create", summary="Open a batch to group jobs (`?batch=` on submit)",
                    request=BatchCreateSerializer,
                    responses={201: BATCH, **error_responses(400, 401, 404, 429)})
@@ -184,28 +184,28 @@ class BatchCreateApi(APIView):
                         headers={"Location": f"/v1/batches/{batch.id}"})
 
 
-class BatchDetailApi(APIView):
+class BatchDetailApi(ApiView):
     @extend_schema(operation_id="batch_get", summary="A batch with its jobs counted by status",
                    parameters=[BATCH_ID], responses={200: BATCH, **error_responses(401, 404, 429)})
     def get(self, request: Request, batch_id: str) -> Response:
         return Response(batch_describe(batch=batch_get(user=request.user, batch_id=batch_id)))
 
 
-class ModelListApi(APIView):
+class ModelListApi(ApiView):
     @extend_schema(operation_id="model_list", summary="Models being served",
                    responses={200: MODEL_LIST, **error_responses(401, 429)})
     def get(self, request: Request) -> Response:
         return Response({"models": model_list()})
 
 
-class ModelDetailApi(APIView):
+class ModelDetailApi(ApiView):
     @extend_schema(operation_id="model_get", summary="One model: input spec, versions, workers, queue depth",
                    parameters=[MODEL], responses={200: ModelOutputSerializer, **error_responses(401, 404, 429)})
     def get(self, request: Request, model: str) -> Response:
         return Response(model_describe(model_spec_get(name=model)))
 
 
-class HealthzApi(APIView):
+class HealthzApi(ApiView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
@@ -215,7 +215,7 @@ class HealthzApi(APIView):
         return Response({"status": "ok"})
 
 
-class ReadyzApi(APIView):
+class ReadyzApi(ApiView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 

@@ -13,14 +13,14 @@ from prometheus_client.exposition import choose_encoder
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from api.apiview import ApiView
 from api.exceptions import error_body
 from api.metrics import metrics_registry
 from api.schema import FirstRendererNegotiation, error_responses
 
 
-class MetricsApi(APIView):
+class MetricsApi(ApiView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
     throttle_classes: list[Any] = []

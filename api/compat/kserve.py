@@ -26,8 +26,8 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from api.apiview import ApiView
 from api.compat.auth import COMPAT_AUTHENTICATION
 from api.compat.sync import jobs_run_sync
 from api.compat.v2codec import NUMPY_TO_V2, V2Output, V2Request, decompress, encode_infer_response, parse_infer_request
@@ -59,7 +59,7 @@ def v2_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | 
     return None
 
 
-class V2View(APIView):
+class V2View(ApiView):
     authentication_classes = COMPAT_AUTHENTICATION
     permission_classes = [IsAuthenticated]
     content_negotiation_class = FirstRendererNegotiation

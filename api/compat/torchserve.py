@@ -24,8 +24,8 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from api.apiview import ApiView
 from api.compat.auth import COMPAT_AUTHENTICATION
 from api.compat.sync import jobs_run_sync
 from api.exceptions import ApiError, InvalidInput, PayloadTooLarge, error_headers
@@ -105,7 +105,7 @@ def job_failure_response(job: Job) -> Response:
     return torchserve_error(503, f"Prediction failed ({reason}).", kind="InternalServerException")
 
 
-class TorchServeView(APIView):
+class TorchServeView(ApiView):
     authentication_classes = COMPAT_AUTHENTICATION
     content_negotiation_class = FirstRendererNegotiation
 

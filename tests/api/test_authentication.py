@@ -86,3 +86,28 @@ def test_each_request_gets_its_own_user_object(user: Any) -> None:
     second, _ = auth.authenticate_credentials(token.key)
     assert first.pk == second.pk == user.pk
     assert first is not second
+    # Annotating one request's user (or its related-object cache) leaves the remembered one and the next alone.
+    first.first_name = "changed"
+    first._state.fields_cache["marker"] = object()
+    third, _ = auth.authenticate_credentials(token.key)
+    assert third.first_name == user.first_name != "changed"
+    assert "marker" not in third._state.fields_cache
+    assert type(third) is type(user) and not third._state.adding and third._state.db == "default"
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("Token", "Invalid token header. No credentials provided."),
+    ("Token one two", "Invalid token header. Token string should not contain spaces."),
+    ("token {key}", None),  # the keyword is not case-sensitive
+    ("Bearer {key}", "Authentication credentials were not provided."),  # another scheme: not a token at all
+])
+def test_the_authorization_header_is_read_as_drf_reads_it(user: Any, store: Any, header: str,
+                                                          message: str | None) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header.format(key=Token.objects.create(user=user).key))
+    response = client.get("/v1/models")
+    if message is None:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 401
+        assert response.json()["error"]["message"] == message

@@ -33,7 +33,7 @@ def choice(negotiation: Any, req: Request, renderers: list[Any]) -> tuple[str, s
 
 @pytest.mark.parametrize("accept", ACCEPTS)
 @pytest.mark.parametrize("renderers", RENDERER_LISTS, ids=["json", "json+browsable", "html+json"])
-@pytest.mark.parametrize("query", ["", "?format=json", "?format=api"])
+@pytest.mark.parametrize("query", ["", "?format=json", "?format=api", "?wait=5"])
 def test_it_chooses_what_drf_chooses(accept: str | None, renderers: list[Any], query: str) -> None:
     try:
         expected = choice(DefaultContentNegotiation(), request(accept, query), renderers)

@@ -21,12 +21,20 @@ def holdout() -> list[tuple[bytes, int]]:
     return digits.holdout_pngs(limit=60)
 
 
-def huge_png_header(width: int, height: int) -> bytes:
+def png_chunks(width: int, height: int, depth: int, pixel_data: bytes) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    return png_chunks(width, height, 1, zlib.compress(b"\x00"))
+
+
+# Whole and undamaged chunk by chunk (the web tier's check accepts it), but its pixel data was never compressed.
+PNG_WRITTEN_WRONG = png_chunks(8, 8, 8, b"\x00" * 72)
 
 
 def test_one_image_gives_sorted_labelled_probabilities(digits_handler: Any,
@@ -74,6 +82,7 @@ def test_decode_handles_jpeg_and_rgb_input(digits_handler: Any) -> None:
         pytest.param(b"", "invalid_image", id="empty"),
         pytest.param(digits.render_png(digits.split()[2][0])[:60], "invalid_image", id="truncated-png"),
         pytest.param(huge_png_header(30000, 30000), "image_too_large", id="decompression-bomb"),
+        pytest.param(PNG_WRITTEN_WRONG, "invalid_image", id="png-with-whole-chunks-but-no-compressed-stream"),
     ],
 )
 def test_unusable_inputs_raise_input_error(digits_handler: Any, data: bytes, code: str) -> None:
