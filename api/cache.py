@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from api.models import Batch, Job, JobStatus
-from api.prepared import PreparedGet
+from api.prepared import PreparedGet, new_instance
 from workers.store import ModelSpec
 
 logger = logging.getLogger("inferq.jobs")
@@ -57,7 +57,8 @@ def job_create_cached(
     from api.events import job_event_publish_on_commit
 
     now = timezone.now()
-    job = Job(
+    job = new_instance(
+        Job,
         owner=owner,
         model_name=source.model_name,
         model_version=source.model_version,

@@ -22,7 +22,7 @@ from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
-from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, update_where
+from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, new_instance, update_where
 from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
 from tasks.inference import TASK_NAME
@@ -126,7 +126,8 @@ def job_create(
         return job_create_cached(owner=owner, source=hit, content_type=model_input.content_type,
                                  size=len(model_input.data), batch=batch, idempotency_key=idempotency_key)
     check_queue_capacity(spec=spec)
-    job = Job(
+    job = new_instance(
+        Job,
         owner=owner,
         model_name=spec.name,
         model_version=spec.version,

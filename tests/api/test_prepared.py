@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -186,3 +186,109 @@ def test_a_model_with_init_signal_receivers_is_built_through_its_init(user: Any,
     assert plain.get_deferred_fields() == built.get_deferred_fields() == {"input_data"}
     assert field_values(plain) == field_values(built) == field_values(Job.objects.get(id=job.id))
     assert plain._state.adding is built._state.adding is False and plain._state.db == built._state.db == "default"
+
+
+def test_on_sqlite_a_read_goes_straight_to_the_sqlite3_connection_when_nothing_watches(
+        user: Any, make_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = make_job(b"x")
+    get = PreparedGet(Job, "id", "owner")
+    expected = field_values(Job.objects.get(id=job.id))
+
+    def no_cursor(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a read with nothing watching must not need Django's cursor")
+
+    monkeypatch.setattr(connections["default"], "cursor", no_cursor)
+    found = get(id=job.id, owner=user.pk)
+    assert found is not None and field_values(found) == expected
+
+
+def test_an_execute_wrapper_still_sees_every_read(user: Any, make_job: Any) -> None:
+    job = make_job(b"x")
+    seen: list[str] = []
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        assert PreparedGet(Job, "id", "owner")(id=job.id, owner=user.pk) is not None
+    assert len(seen) == 1 and "LIMIT 1" in seen[0]
+
+
+def test_a_transaction_marked_for_rollback_refuses_the_read_as_djangos_cursor_does(user: Any, make_job: Any) -> None:
+    from django.db import transaction
+    from django.db.transaction import TransactionManagementError
+
+    job = make_job(b"x")
+    with transaction.atomic():
+        transaction.set_rollback(True)
+        with pytest.raises(TransactionManagementError):
+            PreparedGet(Job, "id", "owner")(id=job.id, owner=user.pk)
+
+
+def test_a_database_error_on_the_plain_read_is_djangos_error(user: Any, make_job: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    get = PreparedGet(Job, "id", "owner")
+    get(id=make_job(b"x").id, owner=user.pk)  # built
+    monkeypatch.setitem(get._built, connection.vendor, ("SELECT no_such_column FROM api_job WHERE id = %s AND "
+                                                        "owner_id = %s LIMIT 1", []))
+    with pytest.raises(OperationalError) as raised:
+        get(id=make_job(b"y").id, owner=user.pk)
+    assert type(raised.value).__module__ == "django.db.utils"
+
+
+def test_a_string_in_a_plain_text_column_is_passed_as_is_and_anything_else_prepared() -> None:
+    from django.db import models
+
+    from api.prepared import _prep_save
+
+    class Upper(models.CharField):  # a project's own text field keeps its preparation
+        def get_db_prep_save(self, value: Any, connection: Any) -> Any:
+            return str(value).upper()
+
+    name = Job._meta.get_field("model_name")
+    assert _prep_save(name, "digits", connection) == "digits"
+    assert _prep_save(Upper(max_length=5), "digits", connection) == "DIGITS"
+    assert _prep_save(name, 7, connection) == "7"  # not a str: CharField's own to_python runs
+    assert _prep_save(Job._meta.get_field("status"), JobStatus.QUEUED, connection) == "queued"  # an enum member
+
+
+def test_new_instance_sets_what_init_sets(user: Any) -> None:
+    from api.prepared import new_instance
+
+    batch = Batch.objects.create(owner=user, name="b")
+    values = {"owner": user, "model_name": "m", "model_version": "1", "input_content_type": "image/png",
+              "input_size": 3, "input_sha256": "0" * 64, "batch": batch, "idempotency_key": None, "attempts": 2}
+    ours, djangos = new_instance(Job, **values), Job(**values)
+
+    assert type(ours) is Job and ours.id != djangos.id and ours.id.version == 4
+    assert {k: v for k, v in field_values(ours).items() if k != "id"} == \
+        {k: v for k, v in field_values(djangos).items() if k != "id"}
+    assert ours.__dict__.keys() == djangos.__dict__.keys()
+    assert ours.owner is user and ours.batch is batch and ours.owner_id == user.pk  # related objects cached
+    assert ours.status == JobStatus.QUEUED and ours.input.name == "" and ours.result is None  # defaults
+    assert ours._state.adding is djangos._state.adding is True and ours._state.db == djangos._state.db
+    by_id = new_instance(Job, owner_id=user.pk, model_name="m")
+    assert by_id.owner_id == user.pk and by_id.owner == user
+    with pytest.raises(TypeError, match="no_such_field"):
+        new_instance(Job, no_such_field=1)
+
+
+def test_new_instance_goes_through_init_when_something_listens(user: Any) -> None:
+    from django.db.models.signals import pre_init
+
+    from api.prepared import new_instance
+
+    seen: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        seen.append(dict(kwargs["kwargs"]))
+
+    pre_init.connect(receiver, sender=Job)
+    try:
+        job = new_instance(Job, owner=user, model_name="m")
+    finally:
+        pre_init.disconnect(receiver, sender=Job)
+    assert seen == [{"owner": user, "model_name": "m"}] and job.model_name == "m"
