@@ -1,7 +1,7 @@
 """uWSGI processes x threads for the web tier: trivial view, status poll and submit rates, side by side.
 
-`python -m bench.web` (or `make bench-web`) prints the table behind uwsgi.ini's default (2 processes x
-8 threads). Each layout is started in turn, twice, with no worker running (the API alone, as in
+`python -m bench.web` (or `make bench-web`) prints the table behind uwsgi.ini's default (4 processes x
+4 threads). Each layout is started in turn, three times, with no worker running (the API alone, as in
 `make bench` part (f)). Compare rates within one run only: on a shared machine they swing by a fifth.
 """
 
@@ -21,8 +21,9 @@ ROUNDS = 3
 
 
 def layouts() -> list[tuple[int, int]]:
-    """(processes, threads): the default (2 x 8), one process per core, and two per core."""
-    return [(2, 8), (CORES, 8 * 2 // CORES or 1), (2 * CORES, 4)]
+    """(processes, threads), 16 threads in all: the default (two processes per core), then one and four per core."""
+    return list(dict.fromkeys([(2 * CORES, max(1, 16 // (2 * CORES))), (CORES, max(1, 16 // CORES)),
+                               (4 * CORES, max(1, 16 // (4 * CORES)))]))
 
 
 def main() -> int:

@@ -155,7 +155,7 @@ def test_held_waits_cost_no_cpu_and_never_starve_submissions(service: Service, p
     assert all(job["status"] == "queued" for _, job in results)
     for job_id in jobs:
         requests.post(f"{service.base}/v1/jobs/{job_id}/cancel", headers=service.headers, timeout=10)
-    # Each web process lends INFERQ_WAIT_SLOTS threads (2 processes x 6 by default): that many waits are held,
+    # Each web process lends INFERQ_WAIT_SLOTS threads (here 2 processes x 3): that many waits are held,
     # the rest answered at once.
     slots = len(web_processes(service)) * settings.INFERQ_WAIT_SLOTS
     assert len(held) == min(slots, len(jobs)) and len(answered_at_once) == len(jobs) - len(held)
