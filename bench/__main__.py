@@ -59,10 +59,11 @@ BULK = None
 ONE_BATCH = 8
 # The worker's default: INFERQ_WORKER_CONCURRENCY, else 0 (the worker sizes its pool from the served models).
 DEFAULT_CONCURRENCY = int(os.environ.get("INFERQ_WORKER_CONCURRENCY") or 0)
-# Keep-alive clients for the API-only rates: enough that both web processes get a fair share of connections.
+# Keep-alive clients for the API-only rates: one per web thread (4 processes x 4), so every process gets its share.
 API_CLIENTS = 16
-# (f) takes the three rates in turn this many times and reports the median of each round's ratios.
-API_ROUNDS = 3
+# (f) takes the three rates in turn this many times (2 s each) and reports the median of each round's ratios:
+# one round's ratio moved by a fifth from the next on this host.
+API_ROUNDS = 5
 # (b) and the limit (a) take turns this many times.
 # (The limit moved by up to 19% within one run on the third host: a median of three turns still swung.)
 B_ROUNDS = 5
@@ -168,7 +169,7 @@ def main() -> int:
     quick = args.quick
     main_model, big_model = ("mobilenet_v3_small", "resnet18") if quick else ("resnet50", "resnet152")
     n_main, n_big, n_base = (8, 4, 2) if quick else (160, 24, 8)
-    api_seconds = 1.0 if quick else 5.0
+    api_seconds = 1.0 if quick else 2.0 * API_ROUNDS
     size = (160, 120) if quick else (640, 480)
     store = ROOT / "var" / "bench" / "store"
     images = photos(n_main, size)
