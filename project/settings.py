@@ -282,7 +282,8 @@ INFERQ_KEEP_INPUTS = env_bool("INFERQ_KEEP_INPUTS", False)
 
 # uWSGI threads per web process (uwsgi.ini reads the same variable). A waiting request (Prefer: wait,
 # ?wait=, the synchronous TorchServe/KServe calls) holds one; waiters may hold all but one of them,
-# so submissions always find a thread (4 processes x 4 threads: 12 wait slots, 4 threads kept free). Beyond that a wait answers at once (sync calls answer 503).
+# so submissions always find a thread (4 processes x 4 threads: 12 wait slots, 4 threads kept free).
+# Beyond that a wait answers at once (sync calls answer 503).
 INFERQ_WEB_THREADS = env_int("INFERQ_WEB_THREADS", 4)
 INFERQ_WAIT_SLOTS = env_int("INFERQ_WAIT_SLOTS", max(1, INFERQ_WEB_THREADS - 1))
 # Answer an input byte-identical to one the same model version already answered from that result;
