@@ -146,7 +146,7 @@ def check_png(data: bytes, max_pixels: int) -> str:
         kind = bytes(view[offset + 4:offset + 8])
         stop = offset + 8 + length
         if length > 0x7FFFFFFF or not kind.isalpha() or stop + 4 > end:
-            raise corrupt(f"chunk {kind!r} at byte {offset} runs past the end" if kind.isalpha()
+            raise corrupt(f"chunk {kind.decode()} at byte {offset} runs past the end" if kind.isalpha()
                           else f"no chunk at byte {offset}")
         if zlib.crc32(view[offset + 4:stop]) != int.from_bytes(view[stop:stop + 4], "big"):
             raise corrupt(f"chunk {kind.decode()} at byte {offset} fails its CRC")

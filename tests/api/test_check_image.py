@@ -115,6 +115,7 @@ def test_any_changed_byte_of_a_png_is_refused() -> None:
     (png_of(chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 3, 8, 0, 0, 0, 0)), IDAT, IEND), "header is invalid"),
     (png_of(chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 3, 8, 0, 0, 0, 2)), IDAT, IEND), "header is invalid"),
     (png_of(IHDR, IDAT), "ends before its IEND"),
+    (png_of(IHDR, IDAT[:-6]), "chunk IDAT at byte 33 runs past the end"),
     (png_of(IHDR, b"\x00\x00\x00\x00\x01\x02\x03\x04\x00\x00\x00\x00", IDAT, IEND), "no chunk at byte"),
     (png_of(IHDR, IDAT[:4] + b"IDAt" + IDAT[8:], IEND), "fails its CRC"),
 ], ids=lambda value: value if isinstance(value, str) else "")
