@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
@@ -12,11 +11,9 @@ from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from redis.exceptions import RedisError
 from rest_framework import status
-from rest_framework.compat import LONG_SEPARATORS, SHORT_SEPARATORS
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -53,25 +50,6 @@ from api.services import batch_create, job_cancel, job_create, model_spec_get
 from api.throttling import SubmitRateThrottle
 from workers.store import ModelSpec, get_store
 
-_plain_json: dict[tuple[bool, bool, bool], json.JSONEncoder] = {}
-
-
-def _render(renderer: Any, data: Any, request: Request) -> bytes:
-    """`renderer.render(data, ...)`. For DRF's JSONRenderer asked for plain `application/json` (no indent
-    parameter, which is what every client sends), the same bytes from one encoder made once: DRF reads the
-    media type's parameters and builds an encoder per call."""
-    if type(renderer) is JSONRenderer and request.accepted_media_type == renderer.media_type and data is not None:
-        key = (renderer.compact, renderer.ensure_ascii, renderer.strict)
-        encoder = _plain_json.get(key)
-        if encoder is None:
-            encoder = _plain_json[key] = renderer.encoder_class(
-                ensure_ascii=renderer.ensure_ascii, allow_nan=not renderer.strict,
-                separators=SHORT_SEPARATORS if renderer.compact else LONG_SEPARATORS)
-        text = encoder.encode(data)
-        return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
-    rendered_bytes: bytes = renderer.render(data, request.accepted_media_type, {"request": request})
-    return rendered_bytes
-
 
 def rendered(request: Request, data: Any, *, status_code: int = status.HTTP_200_OK) -> HttpResponse:
     """What `Response(data, status=status_code)` answers (the same bytes and headers), rendered at once by the
@@ -80,7 +58,8 @@ def rendered(request: Request, data: Any, *, status_code: int = status.HTTP_200_
     renderer = request.accepted_renderer
     content_type = renderer.media_type if renderer.charset is None else \
         f"{renderer.media_type}; charset={renderer.charset}"
-    return HttpResponse(_render(renderer, data, request), status=status_code, content_type=content_type)
+    return HttpResponse(renderer.render(data, request.accepted_media_type, {"request": request}),
+                        status=status_code, content_type=content_type)
 
 
 def job_response(request: Request, job: Any, *, status_code: int = status.HTTP_200_OK) -> HttpResponse:
