@@ -12,10 +12,18 @@ ran at 16.4-18.2 img/s against 14.7-16.5 (interleaved runs; `make bench`'s lab l
 so its limit moved too). PyTorch's CPU tuning guide makes the same point by recommending jemalloc or
 tcmalloc; this needs neither.
 
-The cost is memory: a process keeps up to TRIM_THRESHOLD of freed heap at the top of its main arena, and
-each thread's heap (at most 64 MiB) is no longer shrunk: about one batch's activations per thread that runs
-the model, which it needs again at the next batch. Set INFERQ_MALLOC_TUNING=0 for glibc's defaults; an
-operator's own `GLIBC_TUNABLES=glibc.malloc.…` is left alone.
+Those thresholds rule glibc's main arena only in part: every other thread that allocates (a stream running
+its share of a batch, a decode thread) gets an arena of its own, made of heaps of at most 64 MiB, and a heap
+that a batch leaves wholly free is unmapped whatever the trim threshold says. On resnet50 (two streams) the
+pool process still took 1,700-3,300 faults per image and 2.6-4 ms of system CPU; with one arena for every
+thread (ARENAS), 0-180 faults and 0.1-0.5 ms. Bulk rounds of (b), the two settings one after the other on
+a drifting host: 28.2-30.3 img/s against 26.2-27.8, then 23.7-23.8 against 23.0 (pool CPU per image 77.8
+against 79.3 ms; user time alone level, 77.4 against 76.5). The threads that allocate are few and allocate
+tensors, not small objects, so they seldom meet at the arena's lock.
+
+The cost is memory: a process keeps up to TRIM_THRESHOLD of freed heap at the top of its one arena: about
+one batch's activations per thread that runs the model, which it needs again at the next batch. Set
+INFERQ_MALLOC_TUNING=0 for glibc's defaults; an operator's own `GLIBC_TUNABLES=glibc.malloc.…` is left alone.
 """
 
 from __future__ import annotations
@@ -30,10 +38,14 @@ logger = logging.getLogger("inferq.worker")
 # From glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 # glibc's ceiling for the adaptive threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); larger blocks keep their
 # own mapping. Setting it also turns the adapting off.
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
+# Every thread allocates from the main arena (see above). Set before the threads that allocate exist: one that
+# already has an arena keeps it.
+ARENAS = 1
 
 @functools.cache
 def tune_malloc() -> bool:
@@ -54,7 +66,8 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            and mallopt(M_ARENA_MAX, ARENAS)):
         logger.warning("glibc refused the allocator settings; running with its defaults")
         return False
     return True
