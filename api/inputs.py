@@ -12,7 +12,6 @@ import binascii
 import io
 import math
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -87,27 +86,30 @@ def check_image(data: bytes) -> str:
     if data.startswith(PNG_SIGNATURE):
         return check_png(data, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.format not in IMAGE_FORMATS:
-                    raise InvalidInput(f"Unsupported image format {img.format}.", code="invalid_image")
-                width, height = img.size
-                _check_pixels(width, height, max_pixels)
-                if img.format == "JPEG" and data.endswith(JPEG_END):
-                    # Whole from its start to its end-of-image marker: Pillow has read every segment before the
-                    # first scan, and inside a scan 0xFFD9 can only be that marker (JPEG stuffs each 0xFF data
-                    # byte). No pixel is decoded here: a 640x480 photo's 1/8-scale decode was 1.4 ms of CPU, as
-                    # much as the rest of its submit; the worker decodes it anyway, and fails the job alone if
-                    # the scan data is corrupt.
-                    return IMAGE_FORMATS[img.format]
-                # Otherwise decoded, a JPEG at 1/8 scale (which still reads every byte): truncation is caught.
-                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                img.load()
+        # Pillow warns (DecompressionBombWarning) of an image above its MAX_IMAGE_PIXELS and raises above twice
+        # that; _check_pixels refuses both, from the size Pillow has read, before any pixel is decoded. (Not by
+        # turning the warning into an error: `warnings.catch_warnings` swaps the process's filters for the
+        # length of the block, and a web process checks images on several threads at once. The warning itself
+        # is silenced once, at start-up: api/apps.py.)
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise InvalidInput(f"Unsupported image format {img.format}.", code="invalid_image")
+            width, height = img.size
+            _check_pixels(width, height, max_pixels)
+            if img.format == "JPEG" and data.endswith(JPEG_END):
+                # Whole from its start to its end-of-image marker: Pillow has read every segment before the
+                # first scan, and inside a scan 0xFFD9 can only be that marker (JPEG stuffs each 0xFF data
+                # byte). No pixel is decoded here: a 640x480 photo's 1/8-scale decode was 1.4 ms of CPU, as
+                # much as the rest of its submit; the worker decodes it anyway, and fails the job alone if
+                # the scan data is corrupt.
                 return IMAGE_FORMATS[img.format]
+            # Otherwise decoded, a JPEG at 1/8 scale (which still reads every byte): truncation is caught.
+            img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
+            return IMAGE_FORMATS[img.format]
     except InvalidInput:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning where -W error
         raise InvalidInput(f"Image declares too many pixels: {exc}", code="image_too_large") from exc
     except UnidentifiedImageError as exc:
         raise InvalidInput("The body is not an image this service can read.", code="invalid_image") from exc

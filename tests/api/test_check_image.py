@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
+import warnings
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +18,8 @@ from PIL import Image, ImageFile
 from api.exceptions import InvalidInput
 from api.inputs import PNG_SIGNATURE, check_image
 from tests.conftest import jpeg_bytes, png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -141,3 +148,57 @@ def test_a_png_written_wrong_inside_whole_chunks_passes_here_and_fails_its_job_i
 
     # The worker's side: tests/workers/test_image_classifier.py::test_unusable_inputs_raise_input_error.
     assert check_image(PNG_WRITTEN_WRONG) == "image/png"
+
+
+def bmp_declaring(width: int, height: int) -> bytes:
+    """A BMP's two headers and no pixels: what Pillow reads before it knows the size."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest's own filters show it
+@pytest.mark.parametrize("side", [10_000, 20_000], ids=["pillow-warns", "pillow-raises"])
+def test_an_image_above_pillows_own_limit_is_refused_whatever_ours_says(settings: Any, side: int) -> None:
+    # 100 M pixels draws Pillow's DecompressionBombWarning, 400 M its DecompressionBombError: both refused.
+    settings.INFERQ_MAX_IMAGE_PIXELS = 10**9
+    with pytest.raises(InvalidInput) as refused:
+        check_image(bmp_declaring(side, side))
+    assert refused.value.code == "image_too_large"
+    assert "pixels" in refused.value.message
+
+
+def test_pillows_warning_is_not_repeated_in_the_log() -> None:
+    # In a process of its own: pytest puts its own warning filters in front of the process's for each test.
+    code = (
+        "import django; django.setup()\n"
+        "from api.exceptions import InvalidInput\n"
+        "from api.inputs import check_image\n"
+        "from tests.api.test_check_image import bmp_declaring\n"
+        "try:\n"
+        "    check_image(bmp_declaring(10_000, 10_000))\n"
+        "except InvalidInput as refused:\n"
+        "    print(refused.code)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "INFERQ_MAX_IMAGE_PIXELS": str(10**9),
+           "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["image_too_large"]
+    assert "DecompressionBombWarning" not in done.stderr
+
+
+def test_a_check_leaves_the_process_warning_filters_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web process checks images on several threads at once: `warnings.catch_warnings` would swap the whole
+    process's filter list while one check ran, under every other thread's feet."""
+    filters = warnings.filters
+    during: list[bool] = []
+    open_image = Image.open
+
+    def open_noting(*args: Any, **kwargs: Any) -> Any:
+        during.append(warnings.filters is filters)
+        return open_image(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_noting)
+    check_image(jpeg_bytes())
+    check_image(bmp_declaring(4, 4) + bytes(4 * 4 * 3))
+    assert during == [True, True]
