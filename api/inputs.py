@@ -118,10 +118,10 @@ def check_image(data: bytes) -> str:
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    limits = [max_pixels] + ([Image.MAX_IMAGE_PIXELS] if Image.MAX_IMAGE_PIXELS else [])
-    if width * height > min(limits):
-        raise InvalidInput(f"Image is {width}x{height} pixels; the limit is {min(limits)} pixels.",
-                           code="image_too_large")
+    # Pillow's own limit too (None: none), which it would otherwise warn of or raise on while decoding.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else max_pixels
+    if width * height > limit:
+        raise InvalidInput(f"Image is {width}x{height} pixels; the limit is {limit} pixels.", code="image_too_large")
 
 
 def check_png(data: bytes, max_pixels: int) -> str:

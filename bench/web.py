@@ -22,8 +22,7 @@ ROUNDS = 3
 
 def layouts() -> list[tuple[int, int]]:
     """(processes, threads), 16 threads in all: the default (two processes per core), then one and four per core."""
-    return list(dict.fromkeys([(2 * CORES, max(1, 16 // (2 * CORES))), (CORES, max(1, 16 // CORES)),
-                               (4 * CORES, max(1, 16 // (4 * CORES)))]))
+    return list(dict.fromkeys((processes, max(1, 16 // processes)) for processes in (2 * CORES, CORES, 4 * CORES)))
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 SIZE = 2 << 20
 
 def one_round():
-    blocks = [libc.malloc(SIZE) for _ in range(16)]
+    blocks = [libc.malloc(SIZE) for _ in range(int(sys.argv[2]))]
     for block in blocks:
         libc.memset(block, 1, SIZE)
     for block in reversed(blocks):
@@ -55,8 +55,7 @@ PAGES_PER_ROUND = BLOCKS * (2 << 20) // os.sysconf("SC_PAGE_SIZE")
 def faults_after_the_first_round(*, where: str = "main", blocks: int = BLOCKS, **env: str) -> tuple[str, int]:
     """Run the rounds in the main thread or in a thread of their own; (tuned or not, faults after round one)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("INFERQ_MALLOC_TUNING", "GLIBC_TUNABLES")}
-    code = ROUNDS.replace("range(16)", f"range({blocks})")
-    out = subprocess.run([sys.executable, "-c", code, where], cwd=ROOT, env={**clean, **env},
+    out = subprocess.run([sys.executable, "-c", ROUNDS, where, str(blocks)], cwd=ROOT, env={**clean, **env},
                          capture_output=True, text=True, timeout=60, check=True).stdout.split()
     return out[0], int(out[1])
 
