@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,6 +35,11 @@ from api.selectors import job_by_id
 logger = logging.getLogger("inferq.jobs")
 
 CHANNEL_PREFIX = "inferq:job:"
+# Every ending of a job filed in a batch is also announced here (its status only), for `GET /v1/batches/{id}?wait=`.
+BATCH_CHANNEL_PREFIX = "inferq:batch:"
+# A batch wait counts the batch's unfinished jobs again after this long without an announcement (one lost to a
+# Redis error would otherwise hold it to its end).
+BATCH_RECOUNT_S = 5.0
 MAX_WAIT_S = 60.0
 # Above this, an event names only the new status and its waiters read the row instead.
 EVENT_ROW_MAX_BYTES = 64 * 1024
@@ -45,6 +50,10 @@ _slots: dict[str, Any] = {"semaphore": None, "size": 0}
 
 def job_channel(job_id: Any) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
+
+
+def batch_channel(batch_id: Any) -> str:
+    return f"{BATCH_CHANNEL_PREFIX}{batch_id}"
 
 
 def _json_value(value: Any) -> Any:
@@ -109,13 +118,15 @@ def job_events_together() -> Iterator[None]:
 
 
 def _publish(jobs: list[Job]) -> None:
+    messages = [(job_channel(job.id), job_event_body(job)) for job in jobs]
+    messages += [(batch_channel(job.batch_id), str(job.status)) for job in jobs if job.batch_id is not None]
     try:
-        if len(jobs) == 1:
-            get_redis().publish(job_channel(jobs[0].id), job_event_body(jobs[0]))
+        if len(messages) == 1:
+            get_redis().publish(*messages[0])
         else:
             pipe = get_redis().pipeline(transaction=False)
-            for job in jobs:
-                pipe.publish(job_channel(job.id), job_event_body(job))
+            for channel, body in messages:
+                pipe.publish(channel, body)
             pipe.execute()
     except RedisError as exc:
         for job in jobs:
@@ -201,8 +212,7 @@ def jobs_wait_held(*, jobs: list[Job], timeout: float) -> list[Job]:
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
             if message is None or message.get("type") != "message":
                 continue
-            channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-            job_id = channel.removeprefix(CHANNEL_PREFIX)
+            job_id = _channel_name(message).removeprefix(CHANNEL_PREFIX)
             if job_id in by_id and not job_from_event(by_id[job_id], message["data"]):
                 by_id[job_id] = _refresh([by_id[job_id]])[0]
     except RedisError as exc:
@@ -265,6 +275,52 @@ def job_wait(*, job: Job, timeout: float) -> tuple[Job, bool]:
         if not held:
             return job, False
         return jobs_wait_held(jobs=[job], timeout=timeout)[0], True
+
+
+def batch_wait(*, batch_id: Any, unfinished: Callable[[], int], timeout: float) -> bool:
+    """Wait until none of a batch's jobs is queued or running (`unfinished()` counts them), at most `timeout`
+    (≤ 60) seconds, if a wait slot is free; whether the wait was honoured (False when no slot was free).
+
+    One subscription whatever the batch's size: each ending of one of its jobs is announced on the batch's
+    channel, and the wait counts them down from the count taken once subscribed, counting again when it
+    reaches zero (an ending announced between the subscription and the count is counted twice, so zero is
+    checked, never trusted) and after BATCH_RECOUNT_S without an announcement.
+    """
+    if clamp_wait(timeout) <= 0 or unfinished() == 0:
+        return True
+    with wait_slot() as held:
+        if not held:
+            return False
+        deadline = time.monotonic() + clamp_wait(timeout)
+        channel = batch_channel(batch_id)
+        pubsub = _pubsub_for_thread()
+        try:
+            pubsub.subscribe(channel)
+            _await_subscriptions(pubsub, 1, deadline)
+            left = unfinished()
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                message = pubsub.get_message(ignore_subscribe_messages=True,
+                                             timeout=min(remaining, BATCH_RECOUNT_S))
+                if message is None:
+                    left = unfinished()
+                elif message.get("type") == "message" and _channel_name(message) == channel:
+                    left -= 1
+                    if left <= 0:
+                        left = unfinished()
+        except RedisError as exc:
+            logger.warning("waiting on a batch without Redis: %s", exc)
+            _pubsub_discard()
+        else:
+            _pubsub_release(pubsub)
+        return True
+
+
+def _channel_name(message: dict[str, Any]) -> str:
+    channel = message["channel"]
+    return channel.decode() if isinstance(channel, bytes) else str(channel)
 
 
 def parse_prefer_wait(header: str | None) -> float | None:

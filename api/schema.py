@@ -72,6 +72,12 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 "(with `Idempotent-Replayed: true`) and never creates a second one; the same key with a different "
                 "input or model is a `409 idempotency_key_reused`.",
 )
+BATCH_WAIT = OpenApiParameter(
+    "wait", OpenApiTypes.NUMBER, OpenApiParameter.QUERY,
+    description="Seconds (0–60) to hold the request until none of the batch's jobs is queued or running; it "
+                "answers within milliseconds of the last one's end, or with the counts as they are when N seconds "
+                "pass. Then `GET /v1/jobs?batch={id}&limit=1000` pages through every result.",
+)
 WAIT = OpenApiParameter(
     "wait", OpenApiTypes.NUMBER, OpenApiParameter.QUERY,
     description="Seconds (0–60) to hold the request until the job ends; it answers within milliseconds of the "
@@ -149,7 +155,8 @@ class FirstRendererNegotiation(DefaultContentNegotiation):
 
 
 PAGE_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY, description="Page size (default 50)."),
+    OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY,
+                     description="Page size (default 50, at most 1000)."),
     OpenApiParameter("offset", OpenApiTypes.INT, OpenApiParameter.QUERY, description="Jobs to skip."),
 ]
 

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from api.exceptions import InvalidInput, NotFound
 from api.heartbeats import workers_online
-from api.models import Batch, Job, JobStatus
+from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
 from api.prepared import PreparedGet
 from workers.store import ModelSpec, get_store
 
@@ -72,6 +72,11 @@ def batch_counts(*, batch: Batch) -> dict[str, int]:
     for row in Job.objects.filter(batch=batch).order_by().values("status").annotate(n=Count("id")):
         counts[row["status"]] = row["n"]
     return counts
+
+
+def batch_unfinished(*, batch: Batch) -> int:
+    """How many of a batch's jobs are still queued or running (the batch's index, then their rows)."""
+    return Job.objects.filter(batch=batch, status__in=ACTIVE_STATUSES).count()
 
 
 def batch_describe(*, batch: Batch) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.apiview import ApiView
-from api.events import job_wait, parse_prefer_wait, parse_query_wait
+from api.events import batch_wait, job_wait, parse_prefer_wait, parse_query_wait
 from api.exceptions import InvalidInput, PayloadTooLarge, error_body
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes, input_from_json
@@ -27,6 +27,7 @@ from api.redis_client import get_redis
 from api.schema import (
     BATCH,
     BATCH_ID,
+    BATCH_WAIT,
     HEALTH,
     IDEMPOTENCY_KEY,
     JOB_ID,
@@ -44,7 +45,16 @@ from api.schema import (
     ModelOutputSerializer,
     error_responses,
 )
-from api.selectors import batch_describe, batch_get, job_get, job_key_used, job_list, model_describe, model_list
+from api.selectors import (
+    batch_describe,
+    batch_get,
+    batch_unfinished,
+    job_get,
+    job_key_used,
+    job_list,
+    model_describe,
+    model_list,
+)
 from api.serializers import BatchCreateSerializer, JobListFilterSerializer, JobOutputSerializer, job_to_dict
 from api.services import batch_create, job_cancel, job_create, model_spec_get
 from api.throttling import SubmitRateThrottle
@@ -146,6 +156,11 @@ class JobDetailApi(ApiView):
         return job_response(request, job)
 
 
+class JobPagination(LimitOffsetPagination):
+    # A page is one query and one response held in memory whole: a client asking for more gets this many.
+    max_limit = 1000
+
+
 class JobListApi(ApiView):
     @extend_schema(operation_id="job_list", summary="The caller's jobs, newest first",
                    parameters=[JobListFilterSerializer, *PAGE_PARAMETERS],
@@ -154,7 +169,7 @@ class JobListApi(ApiView):
         filters = JobListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         jobs = job_list(user=request.user, filters=filters.validated_data)
-        paginator = LimitOffsetPagination()
+        paginator = JobPagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response([job_to_dict(job) for job in page])
 
@@ -185,10 +200,15 @@ class BatchCreateApi(ApiView):
 
 
 class BatchDetailApi(ApiView):
-    @extend_schema(operation_id="batch_get", summary="A batch with its jobs counted by status",
-                   parameters=[BATCH_ID], responses={200: BATCH, **error_responses(401, 404, 429)})
+    @extend_schema(operation_id="batch_get",
+                   summary="A batch with its jobs counted by status; `?wait=N` holds until all have ended",
+                   parameters=[BATCH_ID, BATCH_WAIT], responses={200: BATCH, **error_responses(400, 401, 404, 429)})
     def get(self, request: Request, batch_id: str) -> Response:
-        return Response(batch_describe(batch=batch_get(user=request.user, batch_id=batch_id)))
+        batch = batch_get(user=request.user, batch_id=batch_id)
+        wait = parse_query_wait(request.query_params.get("wait")) if request.META.get("QUERY_STRING") else None
+        if wait:
+            batch_wait(batch_id=batch.id, unfinished=lambda: batch_unfinished(batch=batch), timeout=wait)
+        return Response(batch_describe(batch=batch))
 
 
 class ModelListApi(ApiView):

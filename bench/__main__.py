@@ -8,10 +8,11 @@
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration
     (the pool sized from the served models: resnet50 -> 1 process x all cores, its batches run as one pass
-    or as side-by-side streams as the worker measured at load): every image submitted, then every result
-    collected (12 connections, each submitting its share and then waiting for each of its jobs), the
+    or as side-by-side streams as the worker measured at load): every image submitted into one batch over
+    12 connections, then one wait for the batch to end and its results read a page at a time, the
     throughput with the queue never empty; target (b)/(a) >= 0.95; the CPU each role of the stack spent per
-    image, beside the loop's. Also as a closed loop: 12 jobs in flight (and 8), each client submitting its
+    image, beside the loop's. Also collected job by job (each connection waiting for each of its jobs), and
+    as a closed loop: 12 jobs in flight (and 8), each client submitting its
     next image once it has the last one's result, where the batches are as full as the clients are quick
 (c) one process per job (fork, load the model file, one thread);          target InferQ/(c) >= 3.5x
 (d) dynamic batching on / off
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import memory
-from bench.client import Client, api_rates, run_bulk, run_jobs
+from bench.client import Client, api_rates, run_batch, run_bulk, run_jobs
 from bench.images import photos
 from bench.lab import Lab
 from bench.layout import layout_of
@@ -54,8 +55,10 @@ CORES = len(os.sched_getaffinity(0))
 # a half (resnet50's batch_size is 8), so that the next batch fills while one runs. With exactly one batch in
 # flight every batch ends with the queue empty and the next starts part-filled: (b) is printed at that load too.
 CLIENTS = 12
-# `throughput`'s concurrency for "submit every image, then collect every result".
-BULK = None
+# `throughput`'s concurrency for "submit every image, then collect every result": into one batch, then one wait
+# for the batch and a page of its results (BULK), or each connection waiting for each of its jobs (PER_JOB).
+BULK = "bulk"
+PER_JOB = "bulk, job by job"
 ONE_BATCH = 8
 # The worker's default: INFERQ_WORKER_CONCURRENCY, else 0 (the worker sizes its pool from the served models).
 DEFAULT_CONCURRENCY = int(os.environ.get("INFERQ_WORKER_CONCURRENCY") or 0)
@@ -115,11 +118,16 @@ def restart_worker(svc: Service, *, models: list[str], concurrency: int, threads
     settle(svc)
 
 
-def throughput(svc: Service, model: str, images: list[bytes], concurrency: int | None) -> float:
-    """images/s with `concurrency` jobs in flight (a closed loop), or, with BULK, every image submitted over
-    CLIENTS connections and then every result collected."""
+def throughput(svc: Service, model: str, images: list[bytes], concurrency: int | str) -> float:
+    """images/s with `concurrency` jobs in flight (a closed loop), or, with BULK or PER_JOB, every image
+    submitted over CLIENTS connections and then every result collected."""
     items = [(img, "image/jpeg") for img in images]
-    run, n = (run_bulk, CLIENTS) if concurrency is None else (run_jobs, concurrency)  # None: BULK
+    if concurrency == BULK:
+        run, n = run_batch, CLIENTS
+    elif concurrency == PER_JOB:
+        run, n = run_bulk, CLIENTS
+    else:
+        run, n = run_jobs, int(concurrency)
     run(svc.base, svc.token, model, items[: max(2, n)], n)  # warm-up
     elapsed, jobs = run(svc.base, svc.token, model, items, n)
     failed = [j for j in jobs if j["status"] != "succeeded"]
@@ -222,6 +230,11 @@ def main() -> int:
                     lab("limit", model=main_model, images=n_main, batch_sizes=[layout_of(one_pass)[0]],
                         threads=CORES, size=wh)["rates"][one_pass])
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
+            # The same load collected the way it was until 2026-12-06: each connection long-polls each of its jobs.
+            before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            results["b_per_job"] = throughput(svc, main_model, images, PER_JOB)
+            results["b_per_job_cpu"] = {name: (cpu_seconds(pids) - before[name]) * 1000 / sent
+                                        for name, pids in groups.items()}
 
             log("(e) latency, digits, one client")
             results["e"] = latency(svc, 40 if quick else 300)
@@ -290,6 +303,9 @@ def main() -> int:
         ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
          " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())
          + f"; {limit['cpu_ms_per_item'][best]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),
+        ("    collected job by job", f"{main_model}, each connection waits for each of its jobs",
+         f"{results['b_per_job']:.2f} img/s", f"/ (a) = {results['b_per_job'] / limit_mean:.3f}; CPU per image "
+         + " / ".join(f"{ms:.1f}" for ms in results["b_per_job_cpu"].values()) + " ms"),
         ("    closed loop", f"{main_model}, {CLIENTS} jobs in flight",
          f"{statistics.median(results['b_loop_rounds']):.2f} img/s",
          f"/ (a) = {statistics.median(loop_ratios):.3f}; rounds " + ", ".join(f"{r:.3f}" for r in loop_ratios)),

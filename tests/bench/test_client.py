@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -46,3 +47,75 @@ def test_bulk_submits_everything_before_waiting_and_returns_jobs_in_the_items_or
         kinds = [kind for kind, _ in conn.calls]
         assert kinds == sorted(kinds, key=lambda k: k == "result")  # every submit before its first wait
         assert [d for k, d in conn.calls if k == "submit"] == [d for k, d in conn.calls if k == "result"]
+
+
+class FakeBatchServer:
+    """What run_batch meets: a batch to open, submits filed in it, a batch wait, and pages of its jobs."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self.log: list[str] = []
+        self.jobs: list[dict[str, Any]] = []
+        self.waits = 0
+        self.lock = threading.Lock()
+
+    def client(self, base: str, token: str) -> Any:
+        server = self
+
+        class Conn:
+            def request(self, method: str, path: str, body: bytes | None = None,
+                        headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+                return server.handle(method, path, body)
+
+            def submit(self, model: str, data: bytes, content_type: str, wait: int = 0,
+                       batch: str | None = None) -> dict[str, Any]:
+                with server.lock:
+                    server.log.append(f"submit {batch}")
+                    job = {"id": f"job-{len(server.jobs)}", "status": "queued", "input": data.decode()}
+                    server.jobs.append(job)
+                return job
+
+        return Conn()
+
+    def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        self.log.append(f"{method} {path}")
+        if (method, path) == ("POST", "/v1/batches"):
+            assert json.loads(body or b"") == {"model": "resnet50"}
+            return 201, b'{"id": "b1"}'
+        if path == "/v1/batches/b1?wait=60":
+            self.waits += 1
+            left = 0 if self.waits > 1 else 3  # the first wait answers with jobs left (no wait slot was free)
+            if not left:
+                for job in self.jobs:
+                    job["status"] = "succeeded"
+            return 200, json.dumps({"counts": {"queued": left, "running": 0}}).encode()
+        if path.startswith("/v1/jobs?batch=b1&limit=1000"):
+            offset = int(path.partition("&offset=")[2] or 0)
+            newest_first = self.jobs[::-1]
+            rest = offset + self.page_size < len(newest_first)
+            nxt = f"http://x/v1/jobs?batch=b1&limit=1000&offset={offset + self.page_size}" if rest else None
+            return 200, json.dumps({"results": newest_first[offset:offset + self.page_size], "next": nxt}).encode()
+        return 404, b"{}"
+
+
+def test_run_batch_files_every_submit_in_one_batch_waits_for_it_then_reads_every_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeBatchServer(page_size=4)
+    monkeypatch.setattr(client, "Client", server.client)
+    monkeypatch.setattr(client.time, "sleep", lambda s: None)
+    items = [(f"image {i}".encode(), "image/jpeg") for i in range(11)]
+
+    _, jobs = client.run_batch("http://x", "t", "resnet50", items, connections=3)
+
+    assert sorted(job["input"] for job in jobs) == sorted(data.decode() for data, _ in items)
+    # In the items' order: each job is the one its item's submit made.
+    by_input = {job["input"]: job["id"] for job in server.jobs}
+    assert [job["id"] for job in jobs] == [by_input[f"image {i}"] for i in range(11)]
+    assert all(job["status"] == "succeeded" for job in jobs)
+    assert server.log[0] == "POST /v1/batches"
+    waits = [i for i, entry in enumerate(server.log) if entry.startswith("GET /v1/batches/")]
+    submits = [i for i, entry in enumerate(server.log) if entry.startswith("submit")]
+    assert len(submits) == 11 and all(entry == "submit b1" for entry in server.log if entry.startswith("submit"))
+    assert len(waits) == 2 and max(submits) < min(waits)  # every submit before the wait, waited again when early
+    pages = [entry for entry in server.log if entry.startswith("GET /v1/jobs")]
+    assert len(pages) == 3 and min(server.log.index(p) for p in pages) > max(waits)

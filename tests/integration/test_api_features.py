@@ -90,6 +90,31 @@ def test_get_with_wait_wakes_within_milliseconds_of_the_end(service: Service) ->
     assert max(lags) < 1.0
 
 
+def test_a_batch_wait_wakes_within_milliseconds_of_its_last_job_and_one_page_holds_every_result(
+        service: Service) -> None:
+    opened = service.session.post(f"{service.base}/v1/batches", json={"model": "resnet18"},
+                                  headers=service.headers, timeout=10)
+    assert opened.status_code == 201, opened.text
+    batch = opened.json()["id"]
+    submitted = [service.session.post(f"{service.base}/v1/models/resnet18/jobs?batch={batch}", data=photo(seed),
+                                      headers={**service.headers, "Content-Type": "image/jpeg"}, timeout=30)
+                 for seed in range(6030, 6036)]
+    assert all(r.status_code == 202 for r in submitted), [r.text for r in submitted]
+
+    response = service.session.get(f"{service.base}/v1/batches/{batch}?wait=30", headers=service.headers, timeout=40)
+    received = time.time()
+
+    assert response.status_code == 200
+    assert response.json()["counts"]["succeeded"] == 6 and response.json()["total"] == 6
+    page = service.session.get(f"{service.base}/v1/jobs?batch={batch}&limit=1000", headers=service.headers,
+                               timeout=10).json()
+    assert {job["id"] for job in page["results"]} == {r.json()["id"] for r in submitted}
+    assert all(job["status"] == "succeeded" and job["result"]["predictions"] for job in page["results"])
+    lag = received - max(finished_at(job) for job in page["results"])
+    print(f"\nGET /v1/batches/{{id}}?wait — response after the last job's end: {lag * 1000:.1f} ms")
+    assert lag < 1.0
+
+
 @pytest.fixture
 def parked(service: Service) -> Iterator[str]:
     """A model in the store that no running worker serves: its jobs stay queued until a test says otherwise."""
