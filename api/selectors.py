@@ -21,6 +21,8 @@ from workers.store import ModelSpec, get_store
 _job_by_id_and_owner = PreparedGet(Job, "id", "owner", defer=("input_data",))
 job_by_id = PreparedGet(Job, "id", defer=("input_data",))
 job_with_input_by_id = PreparedGet(Job, "id")
+# Every submit into a batch checks it is the caller's: through the ORM that check was a third of the submit's CPU.
+_batch_by_id_and_owner = PreparedGet(Batch, "id", "owner")
 
 
 def _id_or_not_found(kind: str, value: str) -> UUID:
@@ -60,7 +62,7 @@ def job_list(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -
 def batch_get(*, user: AbstractBaseUser, batch_id: str) -> Batch:
     """The caller's batch; anyone else's (or a malformed id) is simply not found."""
     uuid = _id_or_not_found("batch", batch_id)
-    batch = Batch.objects.filter(id=uuid, owner=user).first()
+    batch = _batch_by_id_and_owner(id=uuid, owner=user.pk)
     if batch is None:
         raise NotFound(f"No batch {uuid}.", code="not_found")
     return batch

@@ -24,10 +24,12 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     for ratio in ("(b)/(a) =", "InferQ/(c) =", "on/off =", "p50", "p99"):
         assert re.search(re.escape(ratio) + r"\s*\d+(\.\d+)?", table), f"{ratio} missing:\n{table}"
     assert len(re.findall(r"\[target", table)) == 6
-    # Where (b)'s CPU went, per role of the stack, beside the loop's; and (b) as a closed loop, of 12 jobs in
-    # flight and of one batch.
+    # Where (b)'s CPU went, per role of the stack, beside the loop's; (b) collected job by job, with its CPU;
+    # and (b) as a closed loop, of 12 jobs in flight and of one batch.
     assert re.search(r"CPU per image during \(b\)\s+pool, worker main, redis, web; \(a\)\s+(\d+\.\d / ){3}\d+\.\d; "
                      r"\d+\.\d ms", table), table
     assert re.search(r"one batch in flight .* / \(a\) = \d\.\d{3}", table), table
-    assert re.search(r"closed loop .* 12 jobs in flight .* / \(a\) = \d\.\d{3}; rounds \d\.\d{3}", table), table
+    assert re.search(r"closed loop .* 12 jobs in flight .* / \(a\) = \d\.\d{3}", table), table
+    assert re.search(r"collected job by job .* / \(a\) = \d\.\d{3}; CPU per image (\d+\.\d / ){3}\d+\.\d ms",
+                     table), table
     assert re.search(r"\(b\) InferQ end to end \(HTTP\) .* all submitted, then collected", table), table
