@@ -26,29 +26,41 @@ def end_job(job: Job, answer: Answer) -> None:
         job_succeed(job=job, result=outcome, inference_ms=1.0)
 
 
+def subscribed(fake_redis: Any, channel: str) -> bool:
+    """Whether anyone listens on `channel` now."""
+    return bool(dict(fake_redis.pubsub_numsub(channel)).get(channel.encode()))
+
+
+def wait_for_subscriber(fake_redis: Any, channel: str, timeout: float = 10.0) -> None:
+    """Return once someone listens on `channel` (or `timeout` passes: the waiter's own checks then fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not subscribed(fake_redis, channel):
+        time.sleep(0.01)
+
+
+def end_job_by_id(job_id: Any, answer: Answer) -> None:
+    """end_job on the row as it is now, retried while SQLite's shared in-memory test database refuses (rather
+    than queues) a write that overlaps a waiter's read on the same table."""
+    with _one_writer:
+        for attempt in range(50):
+            try:
+                end_job(Job.objects.get(id=job_id), answer)
+                return
+            except OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.02)
+
+
 def finish_when_subscribed(fake_redis: Any, job_id: Any, answer: Answer) -> threading.Thread:
     """Once a waiter is subscribed to the job's channel, end the job (from another thread, as a worker would)."""
 
     def run() -> None:
         try:
-            deadline = time.monotonic() + 10
-            channel = job_channel(job_id)
-            while time.monotonic() < deadline:
-                if dict(fake_redis.pubsub_numsub(channel)).get(channel.encode()):
-                    break
-                time.sleep(0.01)
-            # Let the waiter finish the read it does right after subscribing: SQLite's shared in-memory
-            # test database refuses (rather than queues) a write that overlaps a read on the same table.
+            wait_for_subscriber(fake_redis, job_channel(job_id))
+            # Let the waiter finish the read it does right after subscribing.
             time.sleep(0.05)
-            with _one_writer:
-                for attempt in range(50):
-                    try:
-                        end_job(Job.objects.get(id=job_id), answer)
-                        break
-                    except OperationalError:
-                        if attempt == 49:
-                            raise
-                        time.sleep(0.02)
+            end_job_by_id(job_id, answer)
         finally:
             connection.close()
 

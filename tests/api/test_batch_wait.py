@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import connection
 
 import api.events
 from api.events import batch_channel, batch_wait, job_channel, wait_slot
@@ -41,20 +41,10 @@ def end_when_subscribed(fake_redis: Any, batch: Batch, jobs: list[Job], *, pause
 
     def run() -> None:
         try:
-            channel = batch_channel(batch.id)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not dict(fake_redis.pubsub_numsub(channel)).get(channel.encode()):
-                time.sleep(0.01)
+            fake_worker.wait_for_subscriber(fake_redis, batch_channel(batch.id))
             for job in jobs:
                 time.sleep(pause)  # the waiter's own reads in between (SQLite's shared test database)
-                for attempt in range(50):
-                    try:
-                        fake_worker.end_job(Job.objects.get(id=job.id), lambda j: {"echo": j.input_size})
-                        break
-                    except OperationalError:
-                        if attempt == 49:
-                            raise
-                        time.sleep(0.02)
+                fake_worker.end_job_by_id(job.id, lambda j: {"echo": j.input_size})
         finally:
             connection.close()
 
@@ -133,9 +123,7 @@ def test_a_stray_announcement_does_not_end_the_wait_early(make_batch: Any, fake_
     channel = batch_channel(batch.id)
 
     def announce_twice() -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not dict(fake_redis.pubsub_numsub(channel)).get(channel.encode()):
-            time.sleep(0.01)
+        fake_worker.wait_for_subscriber(fake_redis, channel, timeout=5)
         fake_redis.publish(channel, "succeeded")
         fake_redis.publish(channel, "succeeded")
 
@@ -187,7 +175,7 @@ def test_a_batch_wait_keeps_the_threads_subscriber_for_the_next_wait(make_batch:
     assert pubsub is not None and pubsub.connection is not None
     channel = batch_channel(batch.id)
     # Unsubscribed, so the channel no longer reaches this thread.
-    assert not dict(fake_redis.pubsub_numsub(channel)).get(channel.encode())
+    assert not fake_worker.subscribed(fake_redis, channel)
 
 
 # --- over HTTP ---------------------------------------------------------------------------------------------
