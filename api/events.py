@@ -286,12 +286,13 @@ def batch_wait(*, batch_id: Any, unfinished: Callable[[], int], timeout: float) 
     reaches zero (an ending announced between the subscription and the count is counted twice, so zero is
     checked, never trusted) and after BATCH_RECOUNT_S without an announcement.
     """
-    if clamp_wait(timeout) <= 0 or unfinished() == 0:
+    timeout = clamp_wait(timeout)
+    if timeout <= 0 or unfinished() == 0:
         return True
     with wait_slot() as held:
         if not held:
             return False
-        deadline = time.monotonic() + clamp_wait(timeout)
+        deadline = time.monotonic() + timeout
         channel = batch_channel(batch_id)
         pubsub = _pubsub_for_thread()
         try:

@@ -161,6 +161,16 @@ def cpu_groups(svc: Service) -> dict[str, list[int]]:
     return groups
 
 
+def cpu_by_role(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds each role of the stack has spent so far."""
+    return {name: cpu_seconds(pids) for name, pids in groups.items()}
+
+
+def cpu_ms_per_image(groups: dict[str, list[int]], before: dict[str, float], images: int) -> dict[str, float]:
+    """CPU ms per image each role spent since `before` (cpu_by_role's) over `images` images."""
+    return {name: (spent - before[name]) * 1000 / images for name, spent in cpu_by_role(groups).items()}
+
+
 def pss(svc: Service) -> tuple[float, int]:
     return memory.tree_pss_mib(svc.procs["worker"].pid)
 
@@ -209,7 +219,7 @@ def main() -> int:
 
             log(f"(b) InferQ end to end, {main_model}")
             groups = cpu_groups(svc)
-            before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            before = cpu_by_role(groups)
             # (b) and (a) take turns, (a) at its best batch size with InferQ idle: the host drifts over minutes
             # (the limit moved by 6-11% within one run here), so each (b) is compared with the mean of the
             # limit measured on either side of it, and the rounds' median is reported.
@@ -219,8 +229,7 @@ def main() -> int:
                 if turn == 0:
                     # The warm-up's images count too: CPU per image is over every image (b) sent.
                     sent = len(images) + min(len(images), CLIENTS)
-                    results["b_cpu"] = {name: (cpu_seconds(pids) - before[name]) * 1000 / sent
-                                        for name, pids in groups.items()}
+                    results["b_cpu"] = cpu_ms_per_image(groups, before, sent)
                 results["a_rounds"].append(lab("limit", model=main_model, images=n_main, batch_sizes=[best_bs],
                                                threads=CORES, streams=[best_streams], size=wh)["rates"][best])
                 results["one_pass_rounds"].append(
@@ -231,10 +240,9 @@ def main() -> int:
             results["b_loop"] = throughput(svc, main_model, images, CLIENTS)
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
             # The same load collected the way it was until 2026-12-06: each connection long-polls each of its jobs.
-            before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            before = cpu_by_role(groups)
             results["b_per_job"] = throughput(svc, main_model, images, PER_JOB)
-            results["b_per_job_cpu"] = {name: (cpu_seconds(pids) - before[name]) * 1000 / sent
-                                        for name, pids in groups.items()}
+            results["b_per_job_cpu"] = cpu_ms_per_image(groups, before, sent)
 
             log("(e) latency, digits, one client")
             results["e"] = latency(svc, 40 if quick else 300)

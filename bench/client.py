@@ -37,16 +37,21 @@ class Client:
                     raise
         raise AssertionError("unreachable")
 
+    def call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, *,
+             expect: tuple[int, ...] = (200,), what: str) -> Any:
+        """The answer's JSON; an unexpected status raises, naming `what` was asked."""
+        status, answer = self.request(method, path, body, headers)
+        if status not in expect:
+            raise RuntimeError(f"{what} answered {status}: {answer[:200]!r}")
+        return json.loads(answer)
+
     def submit(self, model: str, data: bytes, content_type: str, wait: int = 0,
                batch: str | None = None) -> dict[str, Any]:
         headers = {"Content-Type": content_type}
         if wait:
             headers["Prefer"] = f"wait={wait}"
         query = f"?batch={batch}" if batch else ""
-        status, body = self.request("POST", f"/v1/models/{model}/jobs{query}", data, headers)
-        if status not in (200, 202):
-            raise RuntimeError(f"submit answered {status}: {body[:200]!r}")
-        return json.loads(body)
+        return self.call("POST", f"/v1/models/{model}/jobs{query}", data, headers, expect=(200, 202), what="submit")
 
     def result(self, job: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
         """Wait for a job to end: long-poll with ?wait= (sleeping between polls if the server returns early)."""
@@ -112,11 +117,8 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
     (seconds from opening the batch to the last page, jobs in the items' order)."""
     head = Client(base, token)
     started = time.perf_counter()
-    status, body = head.request("POST", "/v1/batches", json.dumps({"model": model}).encode(),
-                                {"Content-Type": "application/json"})
-    if status != 201:
-        raise RuntimeError(f"opening a batch answered {status}: {body[:200]!r}")
-    batch = json.loads(body)["id"]
+    batch = head.call("POST", "/v1/batches", json.dumps({"model": model}).encode(),
+                      {"Content-Type": "application/json"}, expect=(201,), what="opening a batch")["id"]
     ids = [""] * len(items)
 
     def one(share: range) -> None:
@@ -128,10 +130,7 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
         list(pool.map(one, [range(i, len(items), connections) for i in range(connections)]))
     deadline = time.monotonic() + timeout
     while True:
-        status, body = head.request("GET", f"/v1/batches/{batch}?wait=60")
-        if status != 200:
-            raise RuntimeError(f"waiting on the batch answered {status}: {body[:200]!r}")
-        counts = json.loads(body)["counts"]
+        counts = head.call("GET", f"/v1/batches/{batch}?wait=60", what="waiting on the batch")["counts"]
         if counts["queued"] + counts["running"] == 0:
             break
         if time.monotonic() > deadline:
@@ -140,10 +139,7 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
     jobs: dict[str, dict[str, Any]] = {}
     path: str | None = f"/v1/jobs?batch={batch}&limit=1000"
     while path:
-        status, body = head.request("GET", path)
-        if status != 200:
-            raise RuntimeError(f"listing the batch's jobs answered {status}: {body[:200]!r}")
-        page = json.loads(body)
+        page = head.call("GET", path, what="listing the batch's jobs")
         jobs.update((job["id"], job) for job in page["results"])
         path = _path_and_query(page["next"]) if page["next"] else None
     return time.perf_counter() - started, [jobs[job_id] for job_id in ids]
