@@ -20,7 +20,8 @@
     the client's pace (the same idle time before each call; back to back shown too)
 (f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI, the three
     taken in turn three times (the median of the rounds' ratios)
-(g) memory: PSS of the worker pool serving the big model, 2 processes / 1
+(g) memory: PSS of the worker pool serving the big model, 2 processes / 1: the peak of the tree's total, read
+    from /proc/*/smaps_rollup every 0.1 s while the pool serves (and, for reference, once it is idle again)
 
 The in-process figures ((a), (c) and (e)'s reference call) come from one lab process (bench/lab.py)
 that imports torch while the stack starts; it and the stack take turns, so each measurement runs
@@ -171,8 +172,8 @@ def cpu_ms_per_image(groups: dict[str, list[int]], before: dict[str, float], ima
     return {name: (spent - before[name]) * 1000 / images for name, spent in cpu_by_role(groups).items()}
 
 
-def pss(svc: Service) -> tuple[float, int]:
-    return memory.tree_pss_mib(svc.procs["worker"].pid)
+def pss(svc: Service) -> float:
+    return memory.tree_pss_mib(svc.procs["worker"].pid)[0]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -260,12 +261,12 @@ def main() -> int:
 
             log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
             big_images = photos(n_big, size)
-            restart_worker(svc, models=[big_model], concurrency=1)
-            results["big_1"] = throughput(svc, big_model, big_images, 8)
-            results["pss_1"] = pss(svc)
-            restart_worker(svc, models=[big_model], concurrency=2)
-            results["big_2"] = throughput(svc, big_model, big_images, 8)
-            results["pss_2"] = pss(svc)
+            for procs in (1, 2):
+                restart_worker(svc, models=[big_model], concurrency=procs)
+                # Read while the pool serves (its batches' activations included), and once it is idle again.
+                with memory.sampling(svc.procs["worker"].pid) as serving:
+                    results[f"big_{procs}"] = throughput(svc, big_model, big_images, 8)
+                results[f"pss_{procs}"] = serving.peak, pss(svc)
 
             log("(f) the API alone (no worker)")
             svc.stop("worker")
@@ -335,9 +336,11 @@ def main() -> int:
         ("    status poll vs trivial view", "", f"{poll:.0f} / {trivial:.0f} req/s",
          f"{statistics.median(poll_ratios):.2f}  [target >= 0.5]; rounds "
          f"{', '.join(f'{r:.2f}' for r in poll_ratios)}"),
-        ("(g) worker pool PSS, 2 procs / 1", big_model,
+        ("(g) worker pool PSS, 2 procs / 1", f"{big_model}, the peak while serving",
          f"{results['pss_2'][0]:.0f} / {results['pss_1'][0]:.0f} MiB",
          f"{results['pss_2'][0] / results['pss_1'][0]:.3f}  [target <= 1.25]"),
+        ("    idle after serving", "", f"{results['pss_2'][1]:.0f} / {results['pss_1'][1]:.0f} MiB",
+         f"{results['pss_2'][1] / results['pss_1'][1]:.3f}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"\nInferQ benchmark ({'quick' if quick else 'full'}; {CORES} cores; ratios are measured side by side)")

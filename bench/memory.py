@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -33,3 +36,36 @@ def tree_pss_mib(pid: int) -> tuple[float, int]:
     """(total PSS in MiB, number of processes) of `pid` and its descendants."""
     pids = tree(pid)
     return sum(pss_kib(p) for p in pids) / 1024.0, len(pids)
+
+
+class PssSampler:
+    """The tree's total PSS read every `interval` seconds from a thread, while the `sampling` block runs."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(tree_pss_mib(self.pid)[0])
+            if self._stop.wait(self.interval):
+                return
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples)
+
+
+@contextmanager
+def sampling(pid: int, interval: float = 0.1) -> Iterator[PssSampler]:
+    """Sample `pid`'s tree PSS while the block runs (once more as it ends); `.peak` is the largest total read."""
+    sampler = PssSampler(pid, interval)
+    sampler._thread.start()
+    try:
+        yield sampler
+    finally:
+        sampler._stop.set()
+        sampler._thread.join()
+        sampler.samples.append(tree_pss_mib(pid)[0])

@@ -33,3 +33,7 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     assert re.search(r"collected job by job .* / \(a\) = \d\.\d{3}; CPU per image (\d+\.\d / ){3}\d+\.\d ms",
                      table), table
     assert re.search(r"\(b\) InferQ end to end \(HTTP\) .* all submitted, then collected", table), table
+    # (g) is read while the pool serves (its peak), and once more with the pool idle.
+    assert re.search(r"\(g\) worker pool PSS, 2 procs / 1\s+\S+, the peak while serving\s+\d+ / \d+ MiB\s+\d\.\d{3}",
+                     table), table
+    assert re.search(r"idle after serving\s+\d+ / \d+ MiB\s+\d\.\d{3}", table), table
