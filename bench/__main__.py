@@ -21,7 +21,8 @@
 (f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI, the three
     taken in turn three times (the median of the rounds' ratios)
 (g) memory: PSS of the worker pool serving the big model, 2 processes / 1: the peak of the tree's total, read
-    from /proc/*/smaps_rollup every 0.1 s while the pool serves (and, for reference, once it is idle again)
+    from /proc/*/smaps_rollup every 0.1 s while the pool serves (and, for reference, once it has been idle
+    long enough to give back the memory its batches freed)
 
 The in-process figures ((a), (c) and (e)'s reference call) come from one lab process (bench/lab.py)
 that imports torch while the stack starts; it and the stack take turns, so each measurement runs
@@ -68,6 +69,9 @@ API_CLIENTS = 16
 # (f) takes the three rates in turn this many times (2 s each) and reports the median of each round's ratios:
 # one round's ratio moved by a fifth from the next on this host.
 API_ROUNDS = 5
+# (g)'s worker configurations trim their heap after this many idle seconds (the default is 10), so that the
+# memory an idle pool holds is read a few seconds after serving.
+IDLE_TRIM_S = 2
 # (b) and the limit (a) take turns this many times.
 # (The limit moved by up to 19% within one run on the third host: a median of three turns still swung.)
 B_ROUNDS = 5
@@ -262,10 +266,12 @@ def main() -> int:
             log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
             big_images = photos(n_big, size)
             for procs in (1, 2):
-                restart_worker(svc, models=[big_model], concurrency=procs)
-                # Read while the pool serves (its batches' activations included), and once it is idle again.
+                restart_worker(svc, models=[big_model], concurrency=procs, INFERQ_IDLE_TRIM_S=str(IDLE_TRIM_S))
+                # Read while the pool serves (its batches' activations included), and once it has been idle
+                # long enough to give back what its batches freed (workers/idle.py).
                 with memory.sampling(svc.procs["worker"].pid) as serving:
                     results[f"big_{procs}"] = throughput(svc, big_model, big_images, 8)
+                time.sleep(IDLE_TRIM_S + 1.5)
                 results[f"pss_{procs}"] = serving.peak, pss(svc)
 
             log("(f) the API alone (no worker)")
@@ -339,7 +345,8 @@ def main() -> int:
         ("(g) worker pool PSS, 2 procs / 1", f"{big_model}, the peak while serving",
          f"{results['pss_2'][0]:.0f} / {results['pss_1'][0]:.0f} MiB",
          f"{results['pss_2'][0] / results['pss_1'][0]:.3f}  [target <= 1.25]"),
-        ("    idle after serving", "", f"{results['pss_2'][1]:.0f} / {results['pss_1'][1]:.0f} MiB",
+        ("    idle after serving", f"{IDLE_TRIM_S + 1.5:g} s after, idle trim after {IDLE_TRIM_S} s",
+         f"{results['pss_2'][1]:.0f} / {results['pss_1'][1]:.0f} MiB",
          f"{results['pss_2'][1] / results['pss_1'][1]:.3f}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -171,6 +171,9 @@ INFERQ_LEASE_SECONDS = env_int("INFERQ_LEASE_SECONDS", 30)
 # A queued job whose message is neither in its queue nor recently reserved by a worker this many seconds
 # after it was published lost that message; the sweeper publishes it again (api/recovery.py).
 INFERQ_LOST_MESSAGE_SECONDS = env_int("INFERQ_LOST_MESSAGE_SECONDS", 60)
+# Seconds without a job after which a worker's pool process gives back the memory its batches freed
+# (workers/idle.py); 0 never does.
+INFERQ_IDLE_TRIM_S = env_int("INFERQ_IDLE_TRIM_S", 10)
 # Dynamic batching: a worker runs queued jobs of one model as one forward pass (manifest batch_size,
 # batch_delay_ms). Off: one job per forward pass.
 INFERQ_BATCHING = env_bool("INFERQ_BATCHING", True)

@@ -114,8 +114,9 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 @signals.worker_process_init.connect
 def on_worker_process_init(**kwargs: Any) -> None:
     import torch
+    from django.conf import settings
 
-    from workers import lease, registry, runner
+    from workers import idle, lease, registry, runner
     from workers.loading import default_device
 
     torch.set_num_threads(_threads["intra"])
@@ -127,6 +128,7 @@ def on_worker_process_init(**kwargs: Any) -> None:
     hostname = _worker["hostname"] or os.uname().nodename
     runner.configure(device=device, hostname=hostname)
     lease.start(hostname)
+    idle.start(settings.INFERQ_IDLE_TRIM_S)
     for spec in _served:
         registry.load(spec, device)
 

@@ -22,7 +22,8 @@ against 79.3 ms; user time alone level, 77.4 against 76.5). The threads that all
 tensors, not small objects, so they seldom meet at the arena's lock.
 
 The cost is memory: a process keeps up to TRIM_THRESHOLD of freed heap at the top of its one arena: about
-one batch's activations per thread that runs the model, which it needs again at the next batch. Set
+one batch's activations per thread that runs the model, which it needs again at the next batch. A pool process
+that has run no job for INFERQ_IDLE_TRIM_S gives it back (`trim_heap`, from workers/idle.py). Set
 INFERQ_MALLOC_TUNING=0 for glibc's defaults; an operator's own `GLIBC_TUNABLES=glibc.malloc.…` is left alone.
 """
 
@@ -32,6 +33,7 @@ import ctypes
 import functools
 import logging
 import os
+from typing import Any
 
 logger = logging.getLogger("inferq.worker")
 
@@ -71,3 +73,24 @@ def tune_malloc() -> bool:
         logger.warning("glibc refused the allocator settings; running with its defaults")
         return False
     return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None on another C library."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def trim_heap() -> bool:
+    """Give the heap's free memory back to the kernel (glibc's `malloc_trim(0)`: the top of the heap, and the
+    free pages inside it); whether any was given back. False on a C library other than glibc."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False

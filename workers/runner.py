@@ -15,7 +15,7 @@ from django.db import close_old_connections
 from api.events import job_events_together
 from api.models import Job
 from api.services import job_claim_queued, job_fail, job_input_read, job_start, job_succeed
-from workers import lease, registry
+from workers import idle, lease, registry
 from workers.handlers import InputError, Outcome
 from workers.store import get_store
 
@@ -43,6 +43,11 @@ def run_job(job_id: str) -> list[str]:
     Everything that can go wrong with one job ends as that job's error, never the worker's. Returns the ids
     of the batch mates whose ending it wrote, whose own messages then have nothing left to do.
     """
+    with idle.tracker.job():  # the process trims its heap once jobs stop for a while (workers/idle.py)
+        return _run_job(job_id)
+
+
+def _run_job(job_id: str) -> list[str]:
     worker = _state["hostname"]
     # Connections are kept between jobs (celeryconfig's CELERY_DB_REUSE_MAX); drop one that broke or aged out.
     close_old_connections()

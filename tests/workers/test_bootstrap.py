@@ -106,3 +106,23 @@ def test_an_unknown_model_in_inferq_models_fails_at_start(model_store: ModelStor
     monkeypatch.setenv("INFERQ_MODELS", "echo,typo")
     with pytest.raises(StoreError, match="typo"):
         served_models(model_store, [])
+
+
+def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any) -> None:
+    import torch
+
+    from workers import idle, lease, registry, runner
+
+    started: list[float] = []
+    monkeypatch.setattr(runner, "_state", dict(runner._state))  # configure() writes there
+    threads = torch.get_num_threads()
+    settings.INFERQ_IDLE_TRIM_S = 7
+    monkeypatch.setattr(idle, "start", started.append)
+    monkeypatch.setattr(lease, "start", lambda hostname: None)
+    monkeypatch.setattr(registry, "load", lambda spec, device: None)
+    monkeypatch.setattr(bootstrap, "_threads", {"intra": 1})
+    try:
+        bootstrap.on_worker_process_init()
+    finally:
+        torch.set_num_threads(threads)
+    assert started == [7]
