@@ -69,9 +69,9 @@ API_CLIENTS = 16
 # (f) takes the three rates in turn this many times (2 s each) and reports the median of each round's ratios:
 # one round's ratio moved by a fifth from the next on this host.
 API_ROUNDS = 5
-# (g)'s worker configurations trim their heap after this many idle seconds (the default is 10), so that the
-# memory an idle pool holds is read a few seconds after serving.
-IDLE_TRIM_S = 2
+# (g)'s worker configurations trim their heap after this many idle seconds (the default is 10; --quick: 0.5), so
+# that the memory an idle pool holds is read a few seconds after serving.
+IDLE_TRIM_S = 2.0
 # (b) and the limit (a) take turns this many times.
 # (The limit moved by up to 19% within one run on the third host: a median of three turns still swung.)
 B_ROUNDS = 5
@@ -193,6 +193,7 @@ def main() -> int:
     main_model, big_model = ("mobilenet_v3_small", "resnet18") if quick else ("resnet50", "resnet152")
     n_main, n_big, n_base = (8, 4, 2) if quick else (160, 24, 8)
     api_seconds = 1.0 if quick else 2.0 * API_ROUNDS
+    idle_trim_s = 0.5 if quick else IDLE_TRIM_S
     size = (160, 120) if quick else (640, 480)
     store = ROOT / "var" / "bench" / "store"
     images = photos(n_main, size)
@@ -266,12 +267,12 @@ def main() -> int:
             log(f"(c)/(g) InferQ on {big_model}, 1 and 2 worker processes")
             big_images = photos(n_big, size)
             for procs in (1, 2):
-                restart_worker(svc, models=[big_model], concurrency=procs, INFERQ_IDLE_TRIM_S=str(IDLE_TRIM_S))
+                restart_worker(svc, models=[big_model], concurrency=procs, INFERQ_IDLE_TRIM_S=str(idle_trim_s))
                 # Read while the pool serves (its batches' activations included), and once it has been idle
                 # long enough to give back what its batches freed (workers/idle.py).
                 with memory.sampling(svc.procs["worker"].pid) as serving:
                     results[f"big_{procs}"] = throughput(svc, big_model, big_images, 8)
-                time.sleep(IDLE_TRIM_S + 1.5)
+                time.sleep(2 * idle_trim_s + 0.5)
                 results[f"pss_{procs}"] = serving.peak, pss(svc)
 
             log("(f) the API alone (no worker)")
@@ -345,7 +346,7 @@ def main() -> int:
         ("(g) worker pool PSS, 2 procs / 1", f"{big_model}, the peak while serving",
          f"{results['pss_2'][0]:.0f} / {results['pss_1'][0]:.0f} MiB",
          f"{results['pss_2'][0] / results['pss_1'][0]:.3f}  [target <= 1.25]"),
-        ("    idle after serving", f"{IDLE_TRIM_S + 1.5:g} s after, idle trim after {IDLE_TRIM_S} s",
+        ("    idle after serving", f"{2 * idle_trim_s + 0.5:g} s after, idle trim after {idle_trim_s:g} s",
          f"{results['pss_2'][1]:.0f} / {results['pss_1'][1]:.0f} MiB",
          f"{results['pss_2'][1] / results['pss_1'][1]:.3f}"),
     ]

@@ -26,6 +26,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
 # ---------------------------------------------------------------------------
 # Core
 # ---------------------------------------------------------------------------
@@ -173,7 +178,7 @@ INFERQ_LEASE_SECONDS = env_int("INFERQ_LEASE_SECONDS", 30)
 INFERQ_LOST_MESSAGE_SECONDS = env_int("INFERQ_LOST_MESSAGE_SECONDS", 60)
 # Seconds without a job after which a worker's pool process gives back the memory its batches freed
 # (workers/idle.py); 0 never does.
-INFERQ_IDLE_TRIM_S = env_int("INFERQ_IDLE_TRIM_S", 10)
+INFERQ_IDLE_TRIM_S = env_float("INFERQ_IDLE_TRIM_S", 10.0)
 # Dynamic batching: a worker runs queued jobs of one model as one forward pass (manifest batch_size,
 # batch_delay_ms). Off: one job per forward pass.
 INFERQ_BATCHING = env_bool("INFERQ_BATCHING", True)
