@@ -36,4 +36,5 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     # (g) is read while the pool serves (its peak), and once more with the pool idle.
     assert re.search(r"\(g\) worker pool PSS, 2 procs / 1\s+\S+, the peak while serving\s+\d+ / \d+ MiB\s+\d\.\d{3}",
                      table), table
-    assert re.search(r"idle after serving\s+1.5 s after, idle trim after 0.5 s\s+\d+ / \d+ MiB\s+\d\.\d{3}", table), table
+    assert re.search(r"idle after serving\s+1.5 s after, idle trim after 0.5 s\s+\d+ / \d+ MiB\s+\d\.\d{3}",
+                     table), table
