@@ -8,7 +8,6 @@ after a timeout, or resubmitted by `--resume`, gets the job it already has inste
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests  # type: ignore[import-untyped]  # no stubs installed
@@ -18,7 +17,8 @@ from api.bulk_results import FINAL, Record, error_record, record_from_job
 
 NET_TRIES = 5
 TIMEOUT = (5.0, 60.0)  # connect, read (s)
-GONE = "gone"
+# Jobs whose states one poll request reads (`GET /v1/jobs?id=…`, at most api.selectors.MAX_LISTED_IDS).
+POLL_CHUNK = 100
 
 
 def retry_after(response: requests.Response, default: float = 1.0) -> float:
@@ -38,7 +38,8 @@ def api_error(response: requests.Response) -> tuple[str, str]:
 
 
 class RemoteSubmitter:
-    """POSTs files to `{api}/v1/models/{model}/jobs`; polls `GET /v1/jobs/{id}` oldest first."""
+    """POSTs files to `{api}/v1/models/{model}/jobs`; reads their states `GET /v1/jobs?id=…` 100 at a time, oldest
+    first."""
 
     def __init__(self, *, api: str, token: str, model: str, version: str | None, concurrency: int,
                  stop: threading.Event) -> None:
@@ -48,7 +49,7 @@ class RemoteSubmitter:
         self.stop = stop
         self.batch_id = ""
         self._local = threading.local()
-        self._poll_pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk-poll")
+        self._one_by_one = False  # set when the server does not filter its job list by id
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -130,32 +131,61 @@ class RemoteSubmitter:
     def commit(self, loaded: Record | None, *, stopping: bool) -> Record | None:
         return loaded  # the POST already happened in the pool thread
 
-    def _job(self, job_id: str) -> dict[str, Any] | str | None:
+    def _jobs(self, job_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """These jobs as the API lists them, by id (one `GET /v1/jobs?id=…`); a job missing from the answer no
+        longer exists. None when the request failed (the walk stops; the next tick asks again).
+
+        A server from before `?id=` ignores it and lists its newest jobs instead: seeing a job it did not ask
+        for, the submitter reads each job on its own (`GET /v1/jobs/{id}`) from then on."""
+        if self._one_by_one:
+            return self._jobs_one_by_one(job_ids)
         try:
-            response = self._session().get(f"{self.base}/v1/jobs/{job_id}", timeout=TIMEOUT)
-        except requests.RequestException:
+            response = self._session().get(f"{self.base}/v1/jobs", params={"id": ",".join(job_ids),
+                                                                         "limit": len(job_ids)}, timeout=TIMEOUT)
+            if response.status_code != 200:
+                return None
+            jobs = {str(job["id"]): job for job in response.json()["results"]}
+        except (requests.RequestException, ValueError, KeyError, TypeError):
             return None
-        if response.status_code == 404:
-            return GONE
-        return response.json() if response.status_code == 200 else None
+        if not jobs.keys() <= set(job_ids):
+            self._one_by_one = True
+            return self._jobs_one_by_one(job_ids)
+        return jobs
+
+    def _jobs_one_by_one(self, job_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        jobs: dict[str, dict[str, Any]] = {}
+        for job_id in job_ids:
+            try:
+                response = self._session().get(f"{self.base}/v1/jobs/{job_id}", timeout=TIMEOUT)
+                if response.status_code == 200:
+                    jobs[job_id] = response.json()
+                elif response.status_code != 404:  # 404: gone, as when missing from a listing
+                    return None
+            except (requests.RequestException, ValueError):
+                return None
+        return jobs
 
     def poll(self, pending: dict[str, str]) -> list[Record]:
-        """Ended jobs among `pending` (id -> path, oldest first), fetched a chunk at a time.
+        """Ended jobs among `pending` (id -> path, oldest first), read POLL_CHUNK at a time in one request each.
 
-        Workers take jobs roughly in order, so the walk stops at the first chunk where every job
-        is still queued: a tick costs about one request per job that ended plus one chunk.
+        Workers take jobs roughly in order, so the walk stops at the first chunk where every job is still
+        queued: a tick costs one request per POLL_CHUNK jobs that moved, plus one.
         """
         ids = list(pending)
         ended: list[Record] = []
-        for start in range(0, len(ids), self.concurrency):
-            chunk = ids[start:start + self.concurrency]
+        for start in range(0, len(ids), POLL_CHUNK):
+            chunk = ids[start:start + POLL_CHUNK]
+            jobs = self._jobs(chunk)
+            if jobs is None:
+                break
             moving = False
-            for job_id, job in zip(chunk, self._poll_pool.map(self._job, chunk), strict=True):
-                if job == GONE:
+            for job_id in chunk:
+                job = jobs.get(job_id)
+                if job is None:
                     ended.append(error_record(pending[job_id], "not_found", f"Job {job_id} no longer exists.",
                                               job_id=job_id))
                     moving = True
-                elif isinstance(job, dict):
+                else:
                     if job.get("status") in FINAL:
                         ended.append(record_from_job(pending[job_id], job))
                     moving = moving or job.get("status") != "queued"
@@ -164,4 +194,4 @@ class RemoteSubmitter:
         return ended
 
     def close(self) -> None:
-        self._poll_pool.shutdown(wait=False, cancel_futures=True)
+        pass  # sessions close with their threads

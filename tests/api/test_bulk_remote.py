@@ -102,20 +102,58 @@ def test_a_stopped_run_does_not_post_and_a_retry_wait_ends_at_once(tmp_path: Pat
     assert sub.load(str(photo)) is None and len(api.requests) == sent
 
 
-def test_polling_walks_oldest_first_and_stops_at_a_chunk_still_queued() -> None:
+def listing(states: dict[str, str]) -> Callable[[requests.PreparedRequest], Answer]:
+    """`GET /v1/jobs?id=…` over `states` (a job missing from it no longer exists)."""
+
+    def answer(request: requests.PreparedRequest) -> Answer:
+        query = parse_qs(urlsplit(request.url).query)
+        assert urlsplit(request.url).path == "/v1/jobs" and request.method == "GET"
+        wanted = query["id"][0].split(",")
+        assert int(query["limit"][0]) >= len(wanted)
+        found = [job(job_id, states[job_id]) for job_id in wanted if job_id in states]
+        return 200, {"count": len(found), "next": None, "previous": None, "results": found[::-1]}, {}
+
+    return answer
+
+
+def test_polling_walks_oldest_first_a_chunk_a_request_and_stops_at_a_chunk_still_queued(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.bulk_remote.POLL_CHUNK", 2)
     states = {f"j{i}": "succeeded" for i in range(3)} | {"j3": "running"} | {f"j{i}": "queued" for i in range(4, 20)}
     states["j19"] = "succeeded"  # out of order: found once the jobs before it move
-    api = ScriptedApi(lambda r: (200, job(r.url.rsplit("/", 1)[1], states[r.url.rsplit("/", 1)[1]]), {}))
+    api = ScriptedApi(listing(states))
     sub = submitter(api, concurrency=2)
     pending = {f"j{i}": f"/p/{i}.jpg" for i in range(20)}
     ended = sub.poll(pending)
     assert sorted(r.job_id for r in ended) == ["j0", "j1", "j2"]
-    assert all(r.status == "succeeded" and r.total_ms == 3.0 for r in ended)
-    assert len(api.requests) == 6  # chunks (j0,j1) (j2,j3) (j4,j5): the last one all queued
+    assert all(r.status == "succeeded" and r.total_ms == 3.0 and r.path == pending[r.job_id] for r in ended)
+    # chunks (j0,j1) (j2,j3) (j4,j5), one request each: the last one all queued
+    assert [parse_qs(urlsplit(r.url).query)["id"] for r in api.requests] == [["j0,j1"], ["j2,j3"], ["j4,j5"]]
     states.update(dict.fromkeys(states, "succeeded"))
     remaining = {k: v for k, v in pending.items() if k not in {"j0", "j1", "j2"}}
     assert len(sub.poll(remaining)) == 17
+    assert len(api.requests) == 3 + 9
     sub.close()
+
+
+def test_polling_reads_a_hundred_jobs_a_request() -> None:
+    states = {f"j{i}": "succeeded" for i in range(250)}
+    api = ScriptedApi(listing(states))
+    ended = submitter(api).poll({f"j{i}": f"/p/{i}.jpg" for i in range(250)})
+    assert len(ended) == 250
+    assert [len(parse_qs(urlsplit(r.url).query)["id"][0].split(",")) for r in api.requests] == [100, 100, 50]
+
+
+def test_a_job_gone_from_the_listing_ends_as_not_found_and_a_failed_request_waits_for_the_next_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.bulk_remote.POLL_CHUNK", 2)
+    states = {"j0": "succeeded", "j2": "queued", "j3": "queued"}  # j1 was deleted (retention)
+    ended = submitter(ScriptedApi(listing(states))).poll({f"j{i}": f"/p/{i}.jpg" for i in range(4)})
+    assert [(r.job_id, r.status, r.error_code) for r in ended] == [("j0", "succeeded", ""),
+                                                                   ("j1", "failed", "not_found")]
+    down = ScriptedApi(lambda r: (503, {"error": {"code": "broker_unavailable", "message": "down"}}, {}))
+    assert submitter(down).poll({"j0": "/p/0.jpg", "j1": "/p/1.jpg"}) == []
+    assert len(down.requests) == 1
 
 
 def test_an_unknown_model_version_is_refused_before_any_input_is_sent() -> None:
@@ -138,3 +176,26 @@ def test_bulk_modules_import_without_torch() -> None:
                "api.management.commands.submit_bulk")
     report = import_in_fresh_interpreter(modules, ("torch", "torchvision"))
     assert report["imported"] == list(modules) and report["found"] == []
+
+
+def test_a_server_that_ignores_id_is_read_one_job_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older server lists its newest jobs whatever `id` says: no job may be taken for gone because of that."""
+    monkeypatch.setattr("api.bulk_remote.POLL_CHUNK", 2)
+    states = {"j0": "succeeded", "j1": "running", "j2": "queued", "j3": "queued", "newer": "queued"}
+
+    def old_server(request: requests.PreparedRequest) -> Answer:
+        path = urlsplit(request.url).path
+        if path == "/v1/jobs":
+            newest = [job(job_id, states[job_id]) for job_id in ("newer", "j3")]
+            return 200, {"count": 5, "next": None, "previous": None, "results": newest}, {}
+        return 200, job(path.rsplit("/", 1)[1], states[path.rsplit("/", 1)[1]]), {}
+
+    api = ScriptedApi(old_server)
+    sub = submitter(api)
+    pending = {f"j{i}": f"/p/{i}.jpg" for i in range(4)}
+    assert [(r.job_id, r.status) for r in sub.poll(pending)] == [("j0", "succeeded")]
+    assert [urlsplit(r.url).path for r in api.requests] == ["/v1/jobs", "/v1/jobs/j0", "/v1/jobs/j1", "/v1/jobs/j2",
+                                                             "/v1/jobs/j3"]
+    states["j1"] = "failed"
+    assert [(r.job_id, r.status) for r in sub.poll({"j1": "/p/1.jpg"})] == [("j1", "failed")]
+    assert urlsplit(api.requests[-1].url).path == "/v1/jobs/j1"  # no listing asked again

@@ -80,3 +80,30 @@ def test_list_requires_authentication(jobs: list[Job]) -> None:
     from rest_framework.test import APIClient
 
     assert_error(APIClient().get("/v1/jobs"), 401, "not_authenticated")
+
+
+def test_filter_by_ids_repeated_or_comma_separated(api_client: Any, jobs: list[Job]) -> None:
+    wanted = [jobs[0], jobs[2], jobs[4]]
+    repeated = "&".join(f"id={j.id}" for j in wanted)
+    assert ids(api_client.get(f"/v1/jobs?{repeated}")) == [str(jobs[4].id), str(jobs[2].id), str(jobs[0].id)]
+    mixed = f"id={jobs[0].id},{jobs[2].id}&id={jobs[4].id}&status=succeeded"
+    assert ids(api_client.get(f"/v1/jobs?{mixed}")) == [str(jobs[4].id)]
+
+
+def test_filter_by_ids_never_shows_someone_elses_job(api_client: Any, jobs: list[Job], other_user: Any) -> None:
+    theirs = Job.objects.get(owner=other_user)
+    response = api_client.get(f"/v1/jobs?id={jobs[1].id}&id={theirs.id}")
+    assert ids(response) == [str(jobs[1].id)]
+    assert response.json()["count"] == 1
+
+
+def test_bad_or_too_many_ids_are_400(api_client: Any, jobs: list[Job]) -> None:
+    from uuid import uuid4
+
+    body = assert_error(api_client.get(f"/v1/jobs?id={jobs[0].id},nope"), 400, "invalid_request")
+    assert "UUID" in body["error"]["message"]
+    many = ",".join(str(uuid4()) for _ in range(251))
+    body = assert_error(api_client.get(f"/v1/jobs?id={many}"), 400, "invalid_request")
+    assert "at most 250" in body["error"]["message"]
+    assert ids(api_client.get("/v1/jobs?id=" + ",".join([str(jobs[3].id)] + [str(uuid4()) for _ in range(249)]))) \
+        == [str(jobs[3].id)]
