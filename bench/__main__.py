@@ -21,7 +21,8 @@
 (f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI, the three
     taken in turn three times (the median of the rounds' ratios)
 (g) memory: PSS of the worker pool serving the big model, 2 processes / 1: the peak of the tree's total, read
-    from /proc/*/smaps_rollup every 0.1 s while the pool serves (and, for reference, once it has been idle
+    from /proc/*/smaps_rollup every 0.25 s while the pool serves (a second pass of the load, so that the reads
+    do not slow (c)'s throughput) (and, for reference, once it has been idle
     long enough to give back the memory its batches freed)
 
 The in-process figures ((a), (c) and (e)'s reference call) come from one lab process (bench/lab.py)
@@ -72,6 +73,8 @@ API_ROUNDS = 5
 # (g)'s worker configurations trim their heap after this many idle seconds (the default is 10; --quick: 0.5), so
 # that the memory an idle pool holds is read a few seconds after serving.
 IDLE_TRIM_S = 2.0
+# (g) reads the pool's PSS this often while it serves.
+PSS_INTERVAL_S = 0.25
 # (b) and the limit (a) take turns this many times.
 # (The limit moved by up to 19% within one run on the third host: a median of three turns still swung.)
 B_ROUNDS = 5
@@ -268,10 +271,13 @@ def main() -> int:
             big_images = photos(n_big, size)
             for procs in (1, 2):
                 restart_worker(svc, models=[big_model], concurrency=procs, INFERQ_IDLE_TRIM_S=str(idle_trim_s))
-                # Read while the pool serves (its batches' activations included), and once it has been idle
-                # long enough to give back what its batches freed (workers/idle.py).
-                with memory.sampling(svc.procs["worker"].pid) as serving:
-                    results[f"big_{procs}"] = throughput(svc, big_model, big_images, 8)
+                results[f"big_{procs}"] = throughput(svc, big_model, big_images, 8)
+                # PSS read while the pool serves the same load again (its batches' activations included), and once
+                # it has been idle long enough to give back what its batches freed (workers/idle.py). Apart from
+                # the timed pass: a read of smaps_rollup walks the process's page tables under its memory-map lock,
+                # and reading the pool ten times a second slowed resnet152 by 26-29% (four times: 9-11%).
+                with memory.sampling(svc.procs["worker"].pid, interval=PSS_INTERVAL_S) as serving:
+                    throughput(svc, big_model, big_images, 8)
                 time.sleep(2 * idle_trim_s + 0.5)
                 results[f"pss_{procs}"] = serving.peak, pss(svc)
 
