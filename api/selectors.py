@@ -51,6 +51,9 @@ MAX_LISTED_IDS = 250
 def listed_ids(values: list[str]) -> list[UUID]:
     """The job ids of `?id=a&id=b` or `?id=a,b` (both may be mixed); 400 for a malformed one or too many."""
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names:
+        raise InvalidInput("id names no job: give job ids (UUIDs), repeated or separated by commas.",
+                           code="invalid_request")
     if len(names) > MAX_LISTED_IDS:
         raise InvalidInput(f"id names at most {MAX_LISTED_IDS} jobs (got {len(names)}).", code="invalid_request")
     try:

@@ -76,7 +76,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 
 
 class JobListFilterSerializer(serializers.Serializer):
-    id = serializers.ListField(child=serializers.CharField(), required=False, allow_empty=False,
+    id = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False,
                                help_text="Only these jobs: `id=…&id=…` or `id=…,…`, at most 250")
     status = serializers.CharField(required=False)
     model = serializers.CharField(required=False)

@@ -102,6 +102,9 @@ def test_bad_or_too_many_ids_are_400(api_client: Any, jobs: list[Job]) -> None:
 
     body = assert_error(api_client.get(f"/v1/jobs?id={jobs[0].id},nope"), 400, "invalid_request")
     assert "UUID" in body["error"]["message"]
+    for nothing in ("", ",", " , "):
+        body = assert_error(api_client.get(f"/v1/jobs?id={nothing}"), 400, "invalid_request")
+        assert "names no job" in body["error"]["message"]
     many = ",".join(str(uuid4()) for _ in range(251))
     body = assert_error(api_client.get(f"/v1/jobs?id={many}"), 400, "invalid_request")
     assert "at most 250" in body["error"]["message"]
