@@ -8,7 +8,8 @@ resnet152 the pool processes' private memory went from 48-146 MiB at start to 17
 
 Here a thread in each pool process trims the heap (`malloc_trim`) once no job has run for INFERQ_IDLE_TRIM_S
 seconds (default 10; 0 never trims), once per idle spell: the next job's first batch faults its activations
-back in (a few ms on resnet50), the ones after it reuse them again.
+back in, the ones after it reuse them again. On resnet50 (a batch of 8, two threads) the trim took 8 ms and the
+batch after it 442 ms against 407 (medians of six), a cost paid once after each idle spell.
 """
 
 from __future__ import annotations
