@@ -128,9 +128,9 @@ def on_worker_process_init(**kwargs: Any) -> None:
     hostname = _worker["hostname"] or os.uname().nodename
     runner.configure(device=device, hostname=hostname)
     lease.start(hostname)
-    idle.start(settings.INFERQ_IDLE_TRIM_S)
     for spec in _served:
         registry.load(spec, device)
+    idle.start(settings.INFERQ_IDLE_TRIM_S)  # after the loads: their warm-up batches' memory goes back too
 
 
 @signals.worker_ready.connect

@@ -49,6 +49,13 @@ class IdleTrim:
                 self._last_end = self._clock()
                 self._used = True
 
+    def loaded(self) -> None:
+        """The process has just loaded its models: what loading and warming them freed is given back too, once
+        the process has been idle for idle_s from now (a worker started and left idle still trims once)."""
+        with self._lock:
+            self._last_end = self._clock()
+            self._used = True
+
     def check(self) -> bool:
         """Trim if jobs ran and none has for idle_s seconds (then not again until another job has run)."""
         if self.idle_s <= 0:
@@ -64,9 +71,11 @@ class IdleTrim:
         return True
 
     def start(self) -> None:
-        """Check from a daemon thread, a few times per idle_s (at most once a second)."""
+        """Check from a daemon thread, a few times per idle_s (at most once a second). Call once the process has
+        loaded its models."""
         if self.idle_s <= 0:
             return
+        self.loaded()
         interval = min(1.0, self.idle_s / 4)
 
         def watch() -> None:
@@ -86,6 +95,7 @@ tracker = IdleTrim(0.0)
 
 
 def start(idle_s: float) -> None:
-    """Trim this process's heap after idle_s seconds without a job (call in a pool process, after fork)."""
+    """Trim this process's heap after idle_s seconds without a job (call in a pool process, after fork, once it
+    has loaded its models)."""
     tracker.idle_s = idle_s
     tracker.start()

@@ -114,15 +114,18 @@ def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any)
     from workers import idle, lease, registry, runner
 
     started: list[float] = []
+    calls: list[str] = []
     monkeypatch.setattr(runner, "_state", dict(runner._state))  # configure() writes there
     threads = torch.get_num_threads()
     settings.INFERQ_IDLE_TRIM_S = 7
-    monkeypatch.setattr(idle, "start", started.append)
+    monkeypatch.setattr(idle, "start", lambda seconds: (started.append(seconds), calls.append("idle")))
     monkeypatch.setattr(lease, "start", lambda hostname: None)
-    monkeypatch.setattr(registry, "load", lambda spec, device: None)
+    monkeypatch.setattr(registry, "load", lambda spec, device: calls.append(f"load {spec}"))
+    monkeypatch.setattr(bootstrap, "_served", ["m1", "m2"])
     monkeypatch.setattr(bootstrap, "_threads", {"intra": 1})
     try:
         bootstrap.on_worker_process_init()
     finally:
         torch.set_num_threads(threads)
     assert started == [7]
+    assert calls == ["load m1", "load m2", "idle"]  # after the loads: their warm-up's memory is given back too

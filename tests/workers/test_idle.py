@@ -60,6 +60,18 @@ def test_never_trims_while_a_job_runs(trimmer: Any) -> None:
     assert trim.check() and trims == [1]
 
 
+def test_a_process_that_loaded_its_models_trims_once_idle_without_a_job(trimmer: Any) -> None:
+    trim, clock, trims = trimmer
+    clock.now += 60
+    trim.loaded()  # the idle time counts from the end of the loading
+    clock.now += 9
+    assert not trim.check()
+    clock.now += 1
+    assert trim.check() and trims == [1]
+    clock.now += 60
+    assert not trim.check() and trims == [1]
+
+
 def test_zero_never_trims(trimmer: Any) -> None:
     _, clock, trims = trimmer
     off = IdleTrim(0, trim=lambda: trims.append(1) or True, clock=clock)
@@ -150,7 +162,7 @@ def held_after_idle(idle_s: float) -> tuple[int, int, int, int]:
 def test_an_idle_process_gives_the_freed_memory_back() -> None:
     base, freed, later, trims = held_after_idle(0.3)
     assert freed - base >= 150  # kept after the "batch", as workers/malloc.py intends
-    assert trims == 1
+    assert trims >= 1  # (a slow start may have trimmed once before the "batch" too)
     assert later - base < 30  # given back once idle
 
 
