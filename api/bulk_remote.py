@@ -41,11 +41,9 @@ class RemoteSubmitter:
     """POSTs files to `{api}/v1/models/{model}/jobs`; reads their states `GET /v1/jobs?id=…` 100 at a time, oldest
     first."""
 
-    def __init__(self, *, api: str, token: str, model: str, version: str | None, concurrency: int,
-                 stop: threading.Event) -> None:
+    def __init__(self, *, api: str, token: str, model: str, version: str | None, stop: threading.Event) -> None:
         self.base = api.rstrip("/")
         self.token, self.model, self.version = token, model, version
-        self.concurrency = max(1, concurrency)
         self.stop = stop
         self.batch_id = ""
         self._local = threading.local()

@@ -46,15 +46,18 @@ class IdleTrim:
         finally:
             with self._lock:
                 self._running -= 1
-                self._last_end = self._clock()
-                self._used = True
+                self._worked()
 
     def loaded(self) -> None:
         """The process has just loaded its models: what loading and warming them freed is given back too, once
         the process has been idle for idle_s from now (a worker started and left idle still trims once)."""
         with self._lock:
-            self._last_end = self._clock()
-            self._used = True
+            self._worked()
+
+    def _worked(self) -> None:
+        """Work just ended: the idle time counts from now, and there is memory to give back (the lock held)."""
+        self._last_end = self._clock()
+        self._used = True
 
     def check(self) -> bool:
         """Trim if jobs ran and none has for idle_s seconds (then not again until another job has run)."""

@@ -42,9 +42,8 @@ class ScriptedApi(BaseAdapter):
         pass
 
 
-def submitter(api: ScriptedApi, concurrency: int = 2) -> RemoteSubmitter:
-    sub = RemoteSubmitter(api="http://inferq.test/", token="t0k", model="m", version=None, concurrency=concurrency,
-                          stop=threading.Event())
+def submitter(api: ScriptedApi) -> RemoteSubmitter:
+    sub = RemoteSubmitter(api="http://inferq.test/", token="t0k", model="m", version=None, stop=threading.Event())
     session = requests.Session()
     session.headers["Authorization"] = "Token t0k"
     session.mount("http://", api)
@@ -122,7 +121,7 @@ def test_polling_walks_oldest_first_a_chunk_a_request_and_stops_at_a_chunk_still
     states = {f"j{i}": "succeeded" for i in range(3)} | {"j3": "running"} | {f"j{i}": "queued" for i in range(4, 20)}
     states["j19"] = "succeeded"  # out of order: found once the jobs before it move
     api = ScriptedApi(listing(states))
-    sub = submitter(api, concurrency=2)
+    sub = submitter(api)
     pending = {f"j{i}": f"/p/{i}.jpg" for i in range(20)}
     ended = sub.poll(pending)
     assert sorted(r.job_id for r in ended) == ["j0", "j1", "j2"]

@@ -148,7 +148,7 @@ class Command(BaseCommand):
             from api.bulk_remote import RemoteSubmitter
 
             return RemoteSubmitter(api=opts["api"], token=opts["token"], model=opts["model"],
-                                   version=opts["model_version"], concurrency=opts["concurrency"], stop=stop)
+                                   version=opts["model_version"], stop=stop)
         from api.bulk_local import LocalSubmitter
 
         return LocalSubmitter(username=opts["user"], model=opts["model"], version=opts["model_version"], stop=stop)
