@@ -39,7 +39,7 @@ def tree_pss_mib(pid: int) -> tuple[float, int]:
 
 
 class PssSampler:
-    """The tree's total PSS read every `interval` seconds from a thread, while the `sampling` block runs."""
+    """The tree's total PSS read every `interval` seconds from a thread, between `start()` and `stop()`."""
 
     def __init__(self, pid: int, interval: float) -> None:
         self.pid, self.interval = pid, interval
@@ -53,6 +53,15 @@ class PssSampler:
             if self._stop.wait(self.interval):
                 return
 
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and read once more."""
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(tree_pss_mib(self.pid)[0])
+
     @property
     def peak(self) -> float:
         return max(self.samples)
@@ -62,10 +71,8 @@ class PssSampler:
 def sampling(pid: int, interval: float = 0.1) -> Iterator[PssSampler]:
     """Sample `pid`'s tree PSS while the block runs (once more as it ends); `.peak` is the largest total read."""
     sampler = PssSampler(pid, interval)
-    sampler._thread.start()
+    sampler.start()
     try:
         yield sampler
     finally:
-        sampler._stop.set()
-        sampler._thread.join()
-        sampler.samples.append(tree_pss_mib(pid)[0])
+        sampler.stop()

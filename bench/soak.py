@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import requests
 
+from bench import memory
 from tests.integration.harness import Stack, start_stack, stop_stack
 
 # Production-like recovery timings (the harness defaults are shortened for tests).
@@ -54,11 +55,7 @@ def worker_memory(stack: Stack) -> dict[str, float]:
     parent = psutil.Process(stack.procs["worker"].pid)
     procs = [parent, *parent.children(recursive=True)]
     rss = sum(p.memory_info().rss for p in procs) / 2**20
-    pss = 0.0
-    for p in procs:
-        for line in Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss += int(line.split()[1]) / 1024
+    pss = sum(memory.pss_kib(p.pid) for p in procs) / 1024
     return {"rss_mib": round(rss, 1), "pss_mib": round(pss, 1), "processes": len(procs)}
 
 

@@ -50,6 +50,21 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 ARENAS = 1
 
 @functools.cache
+def _glibc_function(name: str, argtypes: tuple[Any, ...], restype: Any) -> Any:
+    """A function of this process's glibc with its signature set, or None on another C library (musl's mallopt
+    does nothing, and it has no malloc_trim)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        function = getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = restype
+    return function
+
+
+@functools.cache
 def tune_malloc() -> bool:
     """Set the thresholds above in this process (its children inherit them); whether they are set.
 
@@ -60,14 +75,9 @@ def tune_malloc() -> bool:
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
             and mallopt(M_ARENA_MAX, ARENAS)):
         logger.warning("glibc refused the allocator settings; running with its defaults")
@@ -75,22 +85,8 @@ def tune_malloc() -> bool:
     return True
 
 
-@functools.cache
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None on another C library."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
 def trim_heap() -> bool:
     """Give the heap's free memory back to the kernel (glibc's `malloc_trim(0)`: the top of the heap, and the
     free pages inside it); whether any was given back. False on a C library other than glibc."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
     return bool(trim(0)) if trim is not None else False
