@@ -5,9 +5,9 @@ redis-py clients per call inside kombu, reprs its arguments twice, and routes th
 producer pools. On Redis a Celery message is a JSON envelope pushed onto the queue's list, so
 this builds the same headers with Celery's own `as_task_v2` (once per task, queue and time
 limits, then fills in each job's id and arguments), wraps them as kombu's Redis transport does
-(base64 body, delivery tag, delivery info), and pushes it with one
-long-lived client that keeps the broker's socket timeouts. Any other broker (the unit tests'
-`memory://`, AMQP) goes through `send_task` unchanged.
+(base64 body, delivery tag, delivery info), and pushes it over one long-lived connection per thread
+that keeps the broker's socket timeouts (api/resp.py; redis-py for TLS). Any other broker (the unit
+tests' `memory://`, AMQP) goes through `send_task` unchanged.
 
 `task_dequeue` is the other way: a worker that ran queued jobs in another job's batch takes their
 messages, which have nothing left to do, off the queue (on Redis; elsewhere they arrive and end in
@@ -23,10 +23,12 @@ import os
 import re
 import threading
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery.utils.saferepr import saferepr
+
+from api.resp import RespPusher
 
 logger = logging.getLogger("inferq.jobs")
 
@@ -49,6 +51,31 @@ def broker_client(app: Any) -> redis.Redis | None:
                 retry_on_timeout=False, health_check_interval=30, lib_name=None, lib_version=None)
             _clients[url] = client
     return client
+
+
+class _Pushes(Protocol):
+    def lpush(self, name: str, value: bytes) -> Any: ...
+
+
+# Per app (one per process): what task_publish pushes through, or None when the broker is not Redis.
+_pushers: dict[int, tuple[str, _Pushes | None]] = {}
+
+
+def broker_pusher(app: Any) -> _Pushes | None:
+    """What pushes task messages onto the app's Redis broker: api/resp.py's lean connection for `redis://` and
+    `unix://`, redis-py for `rediss://`; None when the broker is not Redis (then send_task publishes)."""
+    url = app.conf.broker_url or ""
+    found = _pushers.get(id(app))
+    if found is not None and found[0] == url:
+        return found[1]
+    client = broker_client(app)
+    pusher: _Pushes | None = client
+    if client is not None:
+        options = app.conf.broker_transport_options or {}
+        pusher = RespPusher.from_url(url, timeout=options.get("socket_timeout"),
+                                     connect_timeout=options.get("socket_connect_timeout")) or client
+    _pushers[id(app)] = (url, pusher)
+    return pusher
 
 
 # Per process, task name, queue and time limits: the message's JSON text as Celery and kombu would write it,
@@ -107,8 +134,8 @@ def envelope(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue
 def task_publish(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue: str,
                  time_limit: float | None = None, soft_time_limit: float | None = None) -> None:
     """Put one task message on `queue`; raises the broker's error (redis or kombu) when it cannot."""
-    client = broker_client(app)
-    if client is None:
+    pusher = broker_pusher(app)
+    if pusher is None:
         options = {"soft_time_limit": soft_time_limit, "time_limit": time_limit} if time_limit else {}
         app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, retry=True, **options)
         return
@@ -117,7 +144,7 @@ def task_publish(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], q
     retries = int((app.conf.task_publish_retry_policy or {}).get("max_retries", 0))
     for attempt in range(retries + 1):
         try:
-            client.lpush(queue, data)
+            pusher.lpush(queue, data)
             return
         except (redis.ConnectionError, redis.TimeoutError):
             # A connection Redis dropped is retried on a fresh one; a Redis that is down fails fast.

@@ -14,6 +14,7 @@ import redis
 from kombu import Connection
 
 from api import publish
+from api.resp import RespPusher
 from project.celery import app
 
 
@@ -82,7 +83,7 @@ def test_each_message_from_the_reused_template_is_the_one_celery_builds_for_that
 
 def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
     server = fakeredis.FakeRedis()
-    monkeypatch.setattr(publish, "broker_client", lambda app: server)
+    monkeypatch.setattr(publish, "broker_pusher", lambda app: server)
 
     publish.task_publish(app, name="inference.run", task_id="t-2", kwargs={"job_id": "t-2"}, queue="inferq.model.x")
 
@@ -105,12 +106,12 @@ def test_a_dropped_connection_is_retried_and_a_dead_broker_raises(monkeypatch: A
 
     monkeypatch.setattr(app.conf, "task_publish_retry_policy", {"max_retries": 1})
     once = Flaky(1)
-    monkeypatch.setattr(publish, "broker_client", lambda app: once)
+    monkeypatch.setattr(publish, "broker_pusher", lambda app: once)
     publish.task_publish(app, name="inference.run", task_id="t-3", kwargs={}, queue="q")
     assert once.pushed == 1
 
     dead = Flaky(5)
-    monkeypatch.setattr(publish, "broker_client", lambda app: dead)
+    monkeypatch.setattr(publish, "broker_pusher", lambda app: dead)
     with pytest.raises(redis.ConnectionError):
         publish.task_publish(app, name="inference.run", task_id="t-4", kwargs={}, queue="q")
 
@@ -127,6 +128,14 @@ def test_only_a_redis_broker_gets_the_lean_path() -> None:
     client = publish.broker_client(redis_app)
     assert client is not None and client is publish.broker_client(redis_app)  # one per process
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+
+    # Messages go out over api/resp.py's connection on plain Redis, through redis-py on TLS, not at all elsewhere.
+    assert publish.broker_pusher(app_on("memory://")) is None
+    pusher = publish.broker_pusher(redis_app)
+    assert isinstance(pusher, RespPusher) and pusher is publish.broker_pusher(redis_app)
+    assert (pusher.port, pusher.db, pusher.timeout) == (1, 3, 0.5)
+    assert isinstance(publish.broker_pusher(app_on("unix:///run/redis.sock?db=1")), RespPusher)
+    assert isinstance(publish.broker_pusher(app_on("rediss://127.0.0.1:1/0")), redis.Redis)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +161,7 @@ def real_redis() -> Iterator[redis.Redis]:
 def queue_on_redis(real_redis: redis.Redis, monkeypatch: Any) -> redis.Redis:
     real_redis.flushall()
     monkeypatch.setattr(publish, "broker_client", lambda app: real_redis)
+    monkeypatch.setattr(publish, "broker_pusher", lambda app: real_redis)
     return real_redis
 
 
