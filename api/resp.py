@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -38,6 +39,10 @@ def _bulk(*parts: bytes) -> bytes:
 
 class RespPusher:
     """`RespPusher.from_url("redis://:pw@host:6379/2", timeout=0.5, connect_timeout=0.5).lpush(key, value)`."""
+
+    # A connection unused this long is checked before use (one non-blocking peek), so that one the server
+    # closed meanwhile is replaced instead of failing the next push (redis-py PINGs after 30 s for the same).
+    IDLE_CHECK_S = 5.0
 
     def __init__(self, *, host: str | None = None, port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, timeout: float | None = None,
@@ -84,11 +89,27 @@ class RespPusher:
     def _socket(self) -> socket.socket:
         local = self._local
         sock = getattr(local, "sock", None)
+        now = time.monotonic()
         if sock is not None and local.pid == os.getpid():
-            return sock
+            if now - local.used < self.IDLE_CHECK_S or self._alive(sock):
+                local.used = now
+                return sock
+            self._drop(sock)
         sock = self._connect()
-        local.sock, local.pid = sock, os.getpid()
+        local.sock, local.pid, local.used = sock, os.getpid(), now
         return sock
+
+    @staticmethod
+    def _alive(sock: socket.socket) -> bool:
+        """Whether a connection left idle is still open: a server that closed it (its `timeout` setting, a
+        restart) has left an end-of-file to read, which one non-blocking peek sees without sending anything."""
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: open, and nothing unread on it
+        except OSError:
+            return False
+        return False  # the end of the stream, or bytes no command asked for
 
     def _drop(self, sock: socket.socket) -> None:
         if getattr(self._local, "sock", None) is sock:

@@ -140,12 +140,31 @@ def test_a_connection_redis_closed_fails_once_and_the_next_push_reconnects(redis
     assert pusher is not None
     pusher.lpush("q", b"one")
     redis_db["client"].client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.05)
 
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(redis.ConnectionError):  # used again at once: not checked first
         pusher.lpush("q", b"lost")
     pusher.lpush("q", b"two")
 
     assert read(redis_db, "q") == [b"two", b"one"]
+
+
+def test_a_connection_left_idle_is_checked_first_so_one_the_server_closed_is_replaced_without_an_error(
+        redis_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    pusher = RespPusher.from_url(f"redis://:s3cret@127.0.0.1:{redis_db['port']}/0", timeout=1)
+    assert pusher is not None
+    pusher.lpush("q", b"one")
+    first = pusher._local.sock
+    monkeypatch.setattr(RespPusher, "IDLE_CHECK_S", 0.0)
+
+    pusher.lpush("q", b"two")  # idle but open: kept
+    assert pusher._local.sock is first
+    redis_db["client"].client_kill_filter(_type="normal", skipme=True)  # as a server's idle `timeout` would
+    time.sleep(0.05)
+    pusher.lpush("q", b"three")  # no error: the closed connection was seen and replaced
+
+    assert pusher._local.sock is not first
+    assert read(redis_db, "q") == [b"three", b"two", b"one"]
 
 
 def test_a_forked_child_opens_its_own_connection(redis_db: dict[str, Any]) -> None:
