@@ -110,6 +110,9 @@ TEMPLATES = [
 
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Health-checked only after a second unused (project/postgresql/base.py).
+        DATABASES["default"]["ENGINE"] = "project.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # WAL lets the web tier read while a worker writes; IMMEDIATE avoids "database is locked"
