@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers import architectures, digits
+from workers import architectures, digits, folding
 from workers.store import ModelStore, queue_name, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ def export_torchvision(
     batch_size: int = 8,
     batch_delay_ms: float = 5.0,
     seed: int = 0,
+    fold_batchnorm: bool = True,
 ) -> Path:
-    """weights: "random" (seeded), "published" (needs network), or a path to a state dict file."""
+    """weights: "random" (seeded), "published" (needs network), or a path to a state dict file. With
+    `fold_batchnorm` each batch norm that follows a convolution is folded into it (workers/folding.py)."""
     if architecture not in architectures.TORCHVISION:
         raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(architectures.TORCHVISION)}")
     torch.manual_seed(seed)
@@ -71,6 +73,7 @@ def export_torchvision(
         module = architectures.build(architecture)
         if weights != "random":
             module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    folded = bool(fold_batchnorm and folding.fold_weights(module))
     name = name or architecture.replace("_", "-")
     version = version or store.next_version(name)
     path = store.root / name / version
@@ -80,6 +83,7 @@ def export_torchvision(
         "format": fmt, "weights": filename, "input": IMAGENET_INPUT,
         "labels": architectures.imagenet_labels(), "top_k": 5,
         "batch_size": batch_size, "batch_delay_ms": batch_delay_ms, "threads": None, "streams": None, "timeout_s": 60,
+        "folded_batchnorm": folded,
         "source": weights if weights in ("random", "published") else "file",
         "description": f"torchvision {architecture} ({'random' if weights == 'random' else weights} weights)",
     })

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers import architectures
+from workers import architectures, folding
 from workers.store import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def load_module(spec: ModelSpec, device: torch.device) -> nn.Module:
         # Built on the meta device, then given the mapped tensors: no random init, no copy.
         with torch.device("meta"):
             module = architectures.build(spec.architecture)
+            if spec.folded_batchnorm:
+                folding.fold_structure(module)  # the shape the export left: no batch norms to load
         module.load_state_dict(state, assign=True, strict=True)
         if device.type != "cpu":
             module = module.to(device)

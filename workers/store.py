@@ -52,6 +52,8 @@ class ModelSpec:
     streams: int | None = None
     timeout_s: float | None = None
     max_queued: int | None = None
+    # The state dict's batch norms are folded into their convolutions (workers/folding.py).
+    folded_batchnorm: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,7 +89,7 @@ def _version_key(version: str) -> tuple[int, Any]:
 
 
 _KNOWN = {"name", "version", "handler", "architecture", "format", "weights", "input", "labels", "top_k",
-          "batch_size", "batch_delay_ms", "threads", "streams", "timeout_s", "max_queued"}
+          "batch_size", "batch_delay_ms", "threads", "streams", "timeout_s", "max_queued", "folded_batchnorm"}
 
 
 _CACHE: dict[Path, tuple[tuple[int, int], ModelSpec]] = {}
@@ -132,6 +134,7 @@ def _parse_manifest(path: Path) -> ModelSpec:
             streams=data.get("streams"),
             timeout_s=data.get("timeout_s"),
             max_queued=data.get("max_queued"),
+            folded_batchnorm=data.get("folded_batchnorm", False) is True,
             extra={k: v for k, v in data.items() if k not in _KNOWN},
         )
     except (KeyError, TypeError, ValueError) as exc:

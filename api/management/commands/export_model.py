@@ -24,6 +24,9 @@ class Command(BaseCommand):
                                  "(deprecated)")
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--batch-delay-ms", type=float, default=5.0)
+        parser.add_argument("--keep-batchnorm", action="store_true",
+                            help="export the batch norms as they are instead of folding them into the convolutions "
+                                 "before them (folded: the same answers, a faster forward pass)")
         parser.add_argument("--defaults", action="store_true", help="create resnet18 and digits if missing")
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -45,7 +48,8 @@ class Command(BaseCommand):
             else:
                 path = export.export_torchvision(
                     store, arch, name=opts["name"], version=opts["model_version"], weights=opts["weights"],
-                    fmt=opts["format"], batch_size=opts["batch_size"], batch_delay_ms=opts["batch_delay_ms"])
+                    fmt=opts["format"], batch_size=opts["batch_size"], batch_delay_ms=opts["batch_delay_ms"],
+                    fold_batchnorm=not opts["keep_batchnorm"])
         except (ValueError, OSError, RuntimeError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"exported {path}"))
