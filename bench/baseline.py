@@ -1,8 +1,8 @@
 """The one-process-per-job baseline (run as a subprocess).
 
 A parent with torch imported forks one process per image; each child loads the model file the
-plain way (build the architecture, torch.load, load_state_dict), classifies its one image with
-one thread, and exits. As many run at once as there are cores. Prints images/s as JSON.
+plain way (build the architecture in the shape the file was exported in, torch.load, load_state_dict),
+classifies its one image with one thread, and exits. As many run at once as there are cores. Prints images/s as JSON.
 `make bench` runs the same (`run`) from its lab process (bench/lab.py), a parent with torch imported.
 """
 
@@ -19,6 +19,7 @@ import torch
 import torchvision
 
 from bench.images import photos
+from workers import folding
 from workers.handlers import get_handler
 from workers.store import ModelStore
 
@@ -27,6 +28,8 @@ def classify_one(store: Path, model: str, image: bytes, results: mp.Queue) -> No
     torch.set_num_threads(1)
     spec = ModelStore(store).get(model)
     module = torchvision.models.get_model(spec.architecture, weights=None)
+    if spec.folded_batchnorm:
+        folding.fold_structure(module)  # the shape the file was exported in (workers/folding.py)
     module.load_state_dict(torch.load(spec.weights_path, weights_only=True, map_location="cpu"))
     module.eval()
     handler = get_handler(spec)
