@@ -9,13 +9,15 @@ import pytest
 
 from project.postgresql import base
 
+# A kept, health-checked connection's settings, as settings.py makes them from a postgres:// DATABASE_URL.
+SETTINGS = {"ENGINE": "project.postgresql", "NAME": "x", "USER": "", "PASSWORD": "", "HOST": "", "PORT": "",
+            "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True, "AUTOCOMMIT": True, "OPTIONS": {}, "TIME_ZONE": None,
+            "ATOMIC_REQUESTS": False, "TEST": {}}
+
 
 def wrapper(monkeypatch: pytest.MonkeyPatch) -> tuple[base.DatabaseWrapper, list[str]]:
     """A wrapper as a kept, health-checked connection looks between requests (no database needed)."""
-    settings = {"ENGINE": "project.postgresql", "NAME": "x", "USER": "", "PASSWORD": "", "HOST": "", "PORT": "",
-                "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True, "AUTOCOMMIT": True, "OPTIONS": {},
-                "TIME_ZONE": None, "ATOMIC_REQUESTS": False, "TEST": {}}
-    db = base.DatabaseWrapper(settings)
+    db = base.DatabaseWrapper(dict(SETTINGS))
     checks: list[str] = []
     db.connection = object()
     db.health_check_enabled = True
@@ -76,10 +78,7 @@ def test_a_request_that_met_a_database_error_earns_no_trust(monkeypatch: pytest.
 
 
 def test_closing_forgets_it() -> None:
-    settings = {"ENGINE": "project.postgresql", "NAME": "x", "USER": "", "PASSWORD": "", "HOST": "", "PORT": "",
-                "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True, "AUTOCOMMIT": True, "OPTIONS": {},
-                "TIME_ZONE": None, "ATOMIC_REQUESTS": False, "TEST": {}}
-    db = base.DatabaseWrapper(settings)
+    db = base.DatabaseWrapper(dict(SETTINGS))
     db._healthy_at = 1e18
     db.close()
     assert db._healthy_at == float("-inf")
