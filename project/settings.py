@@ -297,7 +297,8 @@ INFERQ_KEEP_INPUTS = env_bool("INFERQ_KEEP_INPUTS", False)
 # Beyond that a wait answers at once (sync calls answer 503).
 INFERQ_WEB_THREADS = env_int("INFERQ_WEB_THREADS", 4)
 INFERQ_WAIT_SLOTS = env_int("INFERQ_WAIT_SLOTS", max(1, INFERQ_WEB_THREADS - 1))
-# A web process moves what it loaded at start-up out of the garbage collector's walks (project/heap.py).
+# A web process, and a worker's parent before its pool forks, move what they loaded at start-up out of the
+# garbage collector's walks (project/heap.py).
 INFERQ_GC_FREEZE = env_bool("INFERQ_GC_FREEZE", True)
 # Answer an input byte-identical to one the same model version already answered from that result;
 # SHARED: across users (off: only the caller's own earlier jobs count).

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import signals
 
+from project.heap import freeze_loaded
 from workers.malloc import tune_malloc
 
 logger = logging.getLogger("inferq.worker")
@@ -106,6 +107,9 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
     for spec in specs:
         map_weights(spec)
+    # Last before the pool forks: what the parent loaded goes out of the collector's walks, so that a pool
+    # process's collections do not write to (and so copy) every page of it (project/heap.py).
+    freeze_loaded()
     logger.info("worker serves %s with %d process(es) x %d thread(s)",
                 ", ".join(f"{s.name}:{s.version}" for s in specs) or "no models",
                 sender.concurrency, threads)

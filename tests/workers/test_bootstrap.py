@@ -129,3 +129,29 @@ def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any)
         torch.set_num_threads(threads)
     assert started == [7]
     assert calls == ["load m1", "load m2", "idle"]  # after the loads: their warm-up's memory is given back too
+
+
+def test_the_worker_parent_freezes_what_it_loaded_once_the_weights_are_mapped(monkeypatch: Any) -> None:
+    """The last step before the pool forks (tests/project/test_heap.py shows what it spares each child)."""
+    from types import SimpleNamespace
+
+    from workers import loading
+
+    calls: list[str] = []
+    monkeypatch.setattr(bootstrap, "tune_malloc", lambda: None)  # not this test process's allocator
+    spec = SimpleNamespace(name="m", version="1", queue="inferq.model.m")
+    monkeypatch.setattr(bootstrap, "served_models", lambda store, consumed: [spec])
+    monkeypatch.setattr(loading, "map_weights", lambda spec: calls.append(f"map {spec.name}"))
+    monkeypatch.setattr(bootstrap, "freeze_loaded", lambda: calls.append("freeze") or 1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
+    monkeypatch.setattr(bootstrap, "_served", [])
+    monkeypatch.setattr(bootstrap, "_layout", {"auto": False})
+    queues = SimpleNamespace(consume_from={}, select_add=lambda queue: None)
+    sender = SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)), hostname="w@h", concurrency=1)
+    monkeypatch.setattr(bootstrap, "_worker", {})
+    monkeypatch.setattr(bootstrap, "_threads", {})
+
+    bootstrap.on_worker_init(sender=sender)
+
+    assert calls == ["map m", "freeze"]
