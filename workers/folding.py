@@ -57,11 +57,9 @@ def fold_weights(module: nn.Module) -> int:
         conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
         assert bn.running_mean is not None and bn.running_var is not None
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                            bn.weight, bn.bias)
-        with torch.no_grad():
-            conv.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-            conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        # New parameters (fresh tensors): the convolution's own are not written to.
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                      bn.eps, bn.weight, bn.bias)
         _replace(module, bn_name, nn.Identity())
     return len(pairs)
 
