@@ -57,24 +57,22 @@ class _Pushes(Protocol):
     def lpush(self, name: str, value: bytes) -> Any: ...
 
 
-# Per app (one per process): what task_publish pushes through, or None when the broker is not Redis.
-_pushers: dict[int, tuple[str, _Pushes | None]] = {}
+# Per broker URL, as `_clients`: what task_publish pushes through (one per process).
+_pushers: dict[str, _Pushes] = {}
 
 
 def broker_pusher(app: Any) -> _Pushes | None:
     """What pushes task messages onto the app's Redis broker: api/resp.py's lean connection for `redis://` and
     `unix://`, redis-py for `rediss://`; None when the broker is not Redis (then send_task publishes)."""
     url = app.conf.broker_url or ""
-    found = _pushers.get(id(app))
-    if found is not None and found[0] == url:
-        return found[1]
-    client = broker_client(app)
-    pusher: _Pushes | None = client
-    if client is not None:
+    pusher = _pushers.get(url)
+    if pusher is None:
+        client = broker_client(app)
+        if client is None:
+            return None
         options = app.conf.broker_transport_options or {}
-        pusher = RespPusher.from_url(url, timeout=options.get("socket_timeout"),
-                                     connect_timeout=options.get("socket_connect_timeout")) or client
-    _pushers[id(app)] = (url, pusher)
+        pusher = _pushers[url] = RespPusher.from_url(url, timeout=options.get("socket_timeout"),
+                                                     connect_timeout=options.get("socket_connect_timeout")) or client
     return pusher
 
 
