@@ -53,8 +53,6 @@ class Submitter(Protocol):
 
     def poll(self, pending: dict[str, str]) -> list[Record]: ...
 
-    def close(self) -> None: ...
-
 
 def content_type_of(path: str) -> str:
     """By extension; the API then checks the bytes themselves (a PNG named .jpg is still a PNG)."""

@@ -129,9 +129,6 @@ class LocalSubmitter:
                       for i in chunk if i not in states]
         return ended
 
-    def close(self) -> None:
-        pass
-
     def _record(self, path: str, job: Job) -> Record:
         data: dict[str, Any] = JobOutputSerializer(job).data
         return record_from_job(path, data)

@@ -190,6 +190,3 @@ class RemoteSubmitter:
             if not moving:
                 break
         return ended
-
-    def close(self) -> None:
-        pass  # sessions close with their threads

@@ -132,7 +132,6 @@ def test_polling_walks_oldest_first_a_chunk_a_request_and_stops_at_a_chunk_still
     remaining = {k: v for k, v in pending.items() if k not in {"j0", "j1", "j2"}}
     assert len(sub.poll(remaining)) == 17
     assert len(api.requests) == 3 + 9
-    sub.close()
 
 
 def test_polling_reads_a_hundred_jobs_a_request() -> None:

@@ -128,7 +128,6 @@ class Command(BaseCommand):
             raise CommandError("Interrupted. Resume with:\n  " + resume_command(opts, out, wait=opts["wait"]),
                                returncode=130) from None
         finally:
-            submitter.close()
             quiet.setLevel(level)
         self.stdout.write("\n".join(summary.lines()))
         if summary.aborted:
