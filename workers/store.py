@@ -229,7 +229,16 @@ class ModelStore:
         return str(max(numeric, default=0) + 1)
 
 
+# Per configured root: a store holds nothing but its root (what it reads is cached above), and building the
+# pathlib path each time was a fiftieth of a submit.
+_stores: dict[Any, ModelStore] = {}
+
+
 def get_store() -> ModelStore:
     from django.conf import settings
 
-    return ModelStore(settings.MODEL_STORE)
+    root = settings.MODEL_STORE
+    store = _stores.get(root)
+    if store is None:
+        store = _stores[root] = ModelStore(root)
+    return store

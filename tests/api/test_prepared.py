@@ -292,3 +292,129 @@ def test_new_instance_goes_through_init_when_something_listens(user: Any) -> Non
     finally:
         pre_init.disconnect(receiver, sender=Job)
     assert seen == [{"owner": user, "model_name": "m"}] and job.model_name == "m"
+
+
+def test_each_shortcut_prepares_what_get_db_prep_save_does() -> None:
+    import datetime
+    import uuid
+
+    from django.db import models
+
+    from api.prepared import _preparer
+
+    job = Job(input="inputs/2026/12/06/x")
+    aware = timezone.now()
+    cases: list[tuple[Any, Any]] = [
+        (Job._meta.get_field("id"), uuid.uuid4()),
+        (Job._meta.get_field("created_at"), aware),
+        (Job._meta.get_field("created_at"), aware.astimezone(datetime.timezone(datetime.timedelta(hours=5)))),
+        (Job._meta.get_field("input_data"), b"\x00\x01binary"),
+        (Job._meta.get_field("input"), job.input),
+        (Job._meta.get_field("input_size"), 12345),
+        (Job._meta.get_field("attempts"), 0),
+        (Job._meta.get_field("cached"), True),
+        (Job._meta.get_field("queue_ms"), 1.25),
+        (Job._meta.get_field("status"), "queued"),
+        (models.IntegerField(), 7),
+        (models.SmallIntegerField(), -3),
+        (models.BigIntegerField(), 2**40),
+    ]
+    for field, value in cases:
+        expected = field.get_db_prep_save(value, connection)
+        got = _preparer(field, connection)(value)
+        assert type(got) is type(expected) and got == expected, (field, value, got, expected)
+
+
+def test_a_value_a_shortcut_does_not_cover_takes_the_full_preparation() -> None:
+    import datetime
+
+    from api.prepared import _preparer
+
+    created = Job._meta.get_field("created_at")
+    naive = datetime.datetime(2026, 1, 2, 3, 4, 5)  # noqa: DTZ001 - the case under test
+    with pytest.warns(RuntimeWarning, match="naive datetime"):  # Django's own warning: the full chain ran
+        expected = created.get_db_prep_save(naive, connection)
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        assert _preparer(created, connection)(naive) == expected
+    size = Job._meta.get_field("input_size")
+    assert _preparer(size, connection)("12") == 12  # a string in an integer column: to_python ran
+    assert _preparer(Job._meta.get_field("cached"), connection)(1) is True
+    key = Job._meta.get_field("id")
+    assert _preparer(key, connection)("0" * 31 + "1") == key.get_db_prep_save("0" * 31 + "1", connection)
+
+
+def test_an_integer_goes_as_it_is_only_where_the_backend_does_not_adapt_integers(monkeypatch: pytest.MonkeyPatch,
+                                                                                 ) -> None:
+    from api.prepared import _preparer
+
+    size = Job._meta.get_field("input_size")
+    assert _preparer(size, connection)(5) == 5
+    adapted: list[Any] = []
+
+    def adapt(value: Any, internal_type: str) -> Any:
+        adapted.append(value)
+        return value
+
+    monkeypatch.setattr(type(connection.ops), "adapt_integerfield_value", lambda self, value, kind: adapt(value, kind))
+    assert _preparer(size, connection)(5) == 5
+    assert adapted == [5]  # PostgreSQL's kind of backend: its own adaptation still runs
+
+
+def test_on_sqlite_the_insert_goes_straight_to_the_sqlite3_connection_when_nothing_watches(
+        user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.prepared import insert_row
+
+    job = new_job(user)
+
+    def no_cursor(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an insert with nothing watching must not need Django's cursor")
+
+    monkeypatch.setattr(connections["default"], "cursor", no_cursor)
+    insert_row(job)
+    monkeypatch.undo()
+    assert Job.objects.filter(id=job.id).exists()
+
+
+def test_an_execute_wrapper_still_sees_the_insert(user: Any) -> None:
+    from api.prepared import insert_row
+
+    seen: list[str] = []
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        insert_row(new_job(user))
+    assert len(seen) == 1 and seen[0].startswith("INSERT")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_insert_still_locked_out_after_its_busy_timeout_goes_through_djangos_cursor(
+        user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from api import prepared
+
+    class Locked:
+        def execute(self, *args: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(prepared, "_plain_sqlite", lambda connection: Locked())
+    job = new_job(user)
+    prepared.insert_row(job)  # through the cursor (which queues it on the project's backend)
+    assert Job.objects.filter(id=job.id).exists()
+
+
+def test_any_other_error_on_the_plain_insert_is_djangos_error(user: Any) -> None:
+    from django.db import IntegrityError
+
+    from api.prepared import insert_row
+
+    first = new_job(user)
+    insert_row(first)
+    twin = new_job(user)
+    twin.id = first.id
+    with pytest.raises(IntegrityError) as raised:
+        insert_row(twin)
+    assert type(raised.value).__module__ == "django.db.utils"
