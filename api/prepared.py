@@ -38,14 +38,32 @@ def _qmark(sql: str) -> str:
 
 
 def _plain_sqlite(connection: Any) -> Any:
-    """The open sqlite3 connection behind `connection`, where a read through it is the read through Django's
-    cursor minus the wrapping: not where anything watches statements (DEBUG's query log, execute wrappers) or
+    """The open sqlite3 connection behind `connection`, where a statement through it is the statement through
+    Django's cursor minus the wrapping: not where anything watches statements (DEBUG's query log, execute wrappers) or
     the transaction is marked for rollback (Django's cursor raises then). A status poll spent as long in
     Django's cursor, its checks, wrappers and placeholder rewriting as SQLite spent answering it."""
     if (connection.vendor != "sqlite" or connection.connection is None or connection.execute_wrappers
             or connection.needs_rollback or connection.queries_logged):
         return None
     return connection.connection
+
+
+def _plain_execute(connection: Any, sql: str, params: list[Any]) -> Any:
+    """`sql` run on the plain sqlite3 connection where that is the statement through Django's cursor minus the
+    wrapping (`_plain_sqlite`): its sqlite3 cursor, or None where it must go through Django's cursor, nothing done.
+    That includes a write still locked out when its busy timeout runs out (SQLite did nothing then): through the
+    cursor, the project's SQLite backend queues it (project/sqlite/base.py). Errors are Django's, as through the
+    cursor."""
+    plain = _plain_sqlite(connection)
+    if plain is None:
+        return None
+    try:
+        with connection.wrap_database_errors:
+            return plain.execute(_qmark(sql), params)
+    except OperationalError as exc:
+        if "locked" in str(exc) and not connection.in_atomic_block:
+            return None
+        raise
 
 
 class _BuiltPerVendor:
@@ -56,24 +74,24 @@ class _BuiltPerVendor:
     def _build(self, connection: Any) -> tuple[str, list[Any]]:
         raise NotImplementedError
 
-    def _fetch(self, alias: str, params: Callable[[Any], list[Any]], *, read: bool = False,
-               ) -> tuple[list[Any], list[Any], Any]:
+    def _fetch(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[list[Any], list[Any], Any]:
         """Run the statement on `alias` with params(connection): (its rows, converters, connection)."""
         connection = connections[alias]
         built = self._built.get(connection.vendor)
         if built is None:
             built = self._built[connection.vendor] = self._build(connection)
         sql, converters = built
-        if read and (plain := _plain_sqlite(connection)) is not None:
-            with connection.wrap_database_errors:
-                return plain.execute(_qmark(sql), params(connection)).fetchall(), converters, connection
+        values = params(connection)
+        plain = _plain_execute(connection, sql, values)
+        if plain is not None:
+            return plain.fetchall(), converters, connection
         with connection.cursor() as cursor:
-            cursor.execute(sql, params(connection))
+            cursor.execute(sql, values)
             return cursor.fetchall(), converters, connection
 
     def _fetch_one(self, alias: str, params: Callable[[Any], list[Any]]) -> tuple[Any, list[Any], Any]:
         """(the statement's first row or None, converters, connection)."""
-        rows, converters, connection = self._fetch(alias, params, read=True)
+        rows, converters, connection = self._fetch(alias, params)
         return (rows[0] if rows else None), converters, connection
 
 
@@ -258,6 +276,9 @@ def update_where(model: type[models.Model], *, values: dict[str, Any], exact: di
     for name, options in within.items():
         field = meta.get_field(name)
         params += [field.get_db_prep_value(option, connection, prepared=False) for option in options]
+    plain = _plain_execute(connection, sql, params)
+    if plain is not None:
+        return int(plain.rowcount)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
@@ -346,9 +367,8 @@ def insert_row(obj: models.Model) -> None:
     INSERT built once per model: each field's `pre_save` runs (auto_now_add, file fields), no signals are sent.
 
     Outside a transaction the INSERT commits by itself, so a duplicate key (IntegrityError) leaves nothing
-    behind; inside one, the caller's `atomic()` decides. On SQLite, where nothing watches statements, it goes
-    straight to the sqlite3 connection, as the prepared reads do; one that still finds the database locked when
-    its busy timeout runs out (it did nothing then) runs again through Django's cursor, which queues it.
+    behind; inside one, the caller's `atomic()` decides. On SQLite it goes straight to the sqlite3 connection
+    where nothing watches statements (`_plain_execute`), as the other prepared statements do.
     """
     model = type(obj)
     alias = router.db_for_write(model)
@@ -365,27 +385,11 @@ def insert_row(obj: models.Model) -> None:
                                         else None, _preparer(f, connection)) for f in fields])
     sql, plan = built
     params = [prep(read(obj) if read is not None else f.pre_save(obj, True)) for f, read, prep in plan]
-    if not _insert_plain(connection, sql, params):
+    if _plain_execute(connection, sql, params) is None:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
     obj._state.adding = False
     obj._state.db = alias
-
-
-def _insert_plain(connection: Any, sql: str, params: list[Any]) -> bool:
-    """Run a write on the plain sqlite3 connection where a read would go there; False where it must go through
-    Django's cursor (nothing done)."""
-    plain = _plain_sqlite(connection)
-    if plain is None:
-        return False
-    try:
-        with connection.wrap_database_errors:
-            plain.execute(_qmark(sql), params)
-    except OperationalError as exc:
-        if "locked" in str(exc) and not connection.in_atomic_block:
-            return False
-        raise
-    return True
 
 
 # Per model: each concrete field's name, attname, default, whether it is a relation, and whether its attribute

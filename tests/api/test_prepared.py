@@ -418,3 +418,23 @@ def test_any_other_error_on_the_plain_insert_is_djangos_error(user: Any) -> None
     with pytest.raises(IntegrityError) as raised:
         insert_row(twin)
     assert type(raised.value).__module__ == "django.db.utils"
+
+
+def test_on_sqlite_updates_go_straight_to_the_sqlite3_connection_when_nothing_watches(
+        user: Any, make_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.prepared import PreparedUpdateReturning, update_where
+
+    job, other = make_job(b"x"), make_job(b"y")
+    claim = PreparedUpdateReturning(Job, sets=("worker",), where=("id",))
+    claim(values={"worker": "warm"}, match={"id": other.id})  # SQL built
+
+    def no_cursor(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a write with nothing watching must not need Django's cursor")
+
+    monkeypatch.setattr(connections["default"], "cursor", no_cursor)
+    assert update_where(Job, values={"worker": "w1"}, exact={"id": job.id}) == 1  # the rows changed, as rowcount
+    assert update_where(Job, values={"worker": "w1"}, exact={"id": job.id, "attempts": 9}) == 0
+    returned = claim(values={"worker": "w2"}, match={"id": other.id})
+    monkeypatch.undo()
+    assert returned is not None and returned[0].id == other.id and returned[0].worker == "w2"
+    assert Job.objects.get(id=job.id).worker == "w1" and Job.objects.get(id=other.id).worker == "w2"
