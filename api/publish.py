@@ -34,11 +34,22 @@ logger = logging.getLogger("inferq.jobs")
 
 _lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
+# Per app (kept, so its id is not reused): its broker URL, read once. Celery's `conf.broker_url` looks in the
+# environment and then through a chain of mappings, a fortieth of a submit's web CPU under load (py-spy); a
+# process's broker does not change while it runs (Celery makes its own connection pool once, too).
+_broker_urls: dict[int, tuple[Any, str]] = {}
+
+
+def _broker_url(app: Any) -> str:
+    found = _broker_urls.get(id(app))
+    if found is None or found[0] is not app:
+        found = _broker_urls[id(app)] = (app, app.conf.broker_url or "")
+    return found[1]
 
 
 def broker_client(app: Any) -> redis.Redis | None:
     """A Redis client for the app's broker (one per process), or None when the broker is not Redis."""
-    url = app.conf.broker_url or ""
+    url = _broker_url(app)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return None
     client = _clients.get(url)
@@ -64,7 +75,7 @@ _pushers: dict[str, _Pushes] = {}
 def broker_pusher(app: Any) -> _Pushes | None:
     """What pushes task messages onto the app's Redis broker: api/resp.py's lean connection for `redis://` and
     `unix://`, redis-py for `rediss://`; None when the broker is not Redis (then send_task publishes)."""
-    url = app.conf.broker_url or ""
+    url = _broker_url(app)
     pusher = _pushers.get(url)
     if pusher is None:
         client = broker_client(app)

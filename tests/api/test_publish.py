@@ -116,6 +116,27 @@ def test_a_dropped_connection_is_retried_and_a_dead_broker_raises(monkeypatch: A
         publish.task_publish(app, name="inference.run", task_id="t-4", kwargs={}, queue="q")
 
 
+def test_an_apps_broker_url_is_read_once() -> None:
+    from types import SimpleNamespace
+
+    reads: list[str] = []
+
+    class Conf:
+        broker_transport_options: dict[str, Any] = {}
+
+        @property
+        def broker_url(self) -> str:
+            reads.append("read")
+            return "redis://127.0.0.1:1/4"
+
+    app = SimpleNamespace(conf=Conf())
+    first = publish.broker_pusher(app)
+    assert first is not None and publish.broker_pusher(app) is first and publish.broker_client(app) is not None
+    assert reads == ["read"]
+    other = SimpleNamespace(conf=SimpleNamespace(broker_url="memory://", broker_transport_options={}))
+    assert publish.broker_pusher(other) is None  # each app its own URL
+
+
 def test_only_a_redis_broker_gets_the_lean_path() -> None:
     from types import SimpleNamespace
 
