@@ -17,6 +17,7 @@ the worker's consumer, workers/consumer.py).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -178,6 +179,9 @@ for _, item in ipairs(items) do
 end
 return taken
 """
+# Sent by its SHA1 (EVALSHA): the text goes over only when Redis does not have it yet (a restarted Redis, a first
+# call), and EVAL then loads it.
+_DEQUEUE_SHA = hashlib.sha1(_DEQUEUE.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA1
 # How deep the script looks: a batch's mates are the oldest queued jobs, so their messages sit at the end
 # the worker pops from, behind at most the messages other workers are about to take.
 DEQUEUE_DEPTH_PER_TASK = 4
@@ -195,7 +199,10 @@ def task_dequeue(app: Any, *, queue: str, task_ids: list[str]) -> list[str]:
         return []
     depth = max(DEQUEUE_MIN_DEPTH, DEQUEUE_DEPTH_PER_TASK * len(task_ids))
     try:
-        taken: list[bytes] = client.eval(_DEQUEUE, 1, queue, str(depth), *task_ids)  # type: ignore[assignment]
+        try:
+            taken: list[bytes] = client.evalsha(_DEQUEUE_SHA, 1, queue, str(depth), *task_ids)  # type: ignore[assignment]
+        except redis.exceptions.NoScriptError:
+            taken = client.eval(_DEQUEUE, 1, queue, str(depth), *task_ids)  # type: ignore[assignment]
     except redis.RedisError as exc:
         logger.warning("could not take finished jobs' messages off %s: %s", queue, exc)
         return []

@@ -213,6 +213,24 @@ def test_finished_tasks_messages_are_taken_off_their_queue_and_the_rest_keep_the
 
 
 @pytest.mark.integration
+def test_the_script_goes_by_its_sha_once_redis_has_it(queue_on_redis: redis.Redis) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    publish_jobs(ids)
+    queue_on_redis.script_flush()  # as after a restart: Redis knows no script
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=[ids[0]]) == [ids[0]]  # loaded by EVAL
+    assert queue_on_redis.script_exists(publish._DEQUEUE_SHA) == [True]
+    before = queue_on_redis.info("commandstats")
+    assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=[ids[1]]) == [ids[1]]
+    after = queue_on_redis.info("commandstats")
+
+    def calls(stats: dict[str, Any], command: str) -> int:
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    assert calls(after, "evalsha") == calls(before, "evalsha") + 1 and calls(after, "eval") == calls(before, "eval")
+    assert waiting(queue_on_redis) == [ids[2]]
+
+
+@pytest.mark.integration
 def test_only_the_end_workers_take_from_is_searched(queue_on_redis: redis.Redis, monkeypatch: Any) -> None:
     monkeypatch.setattr(publish, "DEQUEUE_MIN_DEPTH", 2)
     monkeypatch.setattr(publish, "DEQUEUE_DEPTH_PER_TASK", 1)
@@ -229,7 +247,7 @@ def test_nothing_is_taken_off_a_broker_other_than_redis_or_a_redis_that_fails(mo
     assert publish.task_dequeue(app, queue="inferq.model.m", task_ids=["t-1"]) == []  # memory:// in the tests
 
     class Down:
-        def eval(self, *args: Any) -> None:
+        def evalsha(self, *args: Any) -> None:
             raise redis.ConnectionError("refused")
 
     monkeypatch.setattr(publish, "broker_client", lambda app: Down())
