@@ -352,11 +352,6 @@ def _preparer(field: Any, connection: Any) -> Callable[[Any], Any]:
     return prep
 
 
-def _prep_save(field: Any, value: Any, connection: Any) -> Any:
-    """What `field.get_db_prep_save(value, connection)` gives, through `_preparer` (as `insert_row` prepares)."""
-    return _preparer(field, connection)(value)
-
-
 # Per model and vendor: the INSERT, and each concrete field with how its value is read (`pre_save`, or the
 # attribute itself where the field's `pre_save` is Field's own, which only reads it) and prepared.
 _inserts: dict[tuple[Any, str], tuple[str, list[tuple[Any, Callable[[Any], Any] | None, Callable[[Any], Any]]]]] = {}

@@ -106,15 +106,15 @@ def test_insert_row_stores_what_save_would(user: Any) -> None:
 def test_only_djangos_own_fields_skip_preparing_a_none() -> None:
     from django.db import models
 
-    from api.prepared import _prep_save
+    from api.prepared import _preparer
 
     class EmptyForNone(models.CharField):  # a project's field may store None as something else
         def get_db_prep_save(self, value: Any, connection: Any) -> Any:
             return "" if value is None else value
 
-    assert _prep_save(EmptyForNone(max_length=5), None, connection) == ""
-    assert _prep_save(Job._meta.get_field("started_at"), None, connection) is None
-    assert _prep_save(Job._meta.get_field("result"), None, connection) is None  # SQL NULL, not JSON null
+    assert _preparer(EmptyForNone(max_length=5), connection)(None) == ""
+    assert _preparer(Job._meta.get_field("started_at"), connection)(None) is None
+    assert _preparer(Job._meta.get_field("result"), connection)(None) is None  # SQL NULL, not JSON null
 
 
 @pytest.mark.django_db(transaction=True)
@@ -242,17 +242,17 @@ def test_a_database_error_on_the_plain_read_is_djangos_error(user: Any, make_job
 def test_a_string_in_a_plain_text_column_is_passed_as_is_and_anything_else_prepared() -> None:
     from django.db import models
 
-    from api.prepared import _prep_save
+    from api.prepared import _preparer
 
     class Upper(models.CharField):  # a project's own text field keeps its preparation
         def get_db_prep_save(self, value: Any, connection: Any) -> Any:
             return str(value).upper()
 
     name = Job._meta.get_field("model_name")
-    assert _prep_save(name, "digits", connection) == "digits"
-    assert _prep_save(Upper(max_length=5), "digits", connection) == "DIGITS"
-    assert _prep_save(name, 7, connection) == "7"  # not a str: CharField's own to_python runs
-    assert _prep_save(Job._meta.get_field("status"), JobStatus.QUEUED, connection) == "queued"  # an enum member
+    assert _preparer(name, connection)("digits") == "digits"
+    assert _preparer(Upper(max_length=5), connection)("digits") == "DIGITS"
+    assert _preparer(name, connection)(7) == "7"  # not a str: CharField's own to_python runs
+    assert _preparer(Job._meta.get_field("status"), connection)(JobStatus.QUEUED) == "queued"  # an enum member
 
 
 def test_new_instance_sets_what_init_sets(user: Any) -> None:
