@@ -78,12 +78,6 @@ class RespPusher:
             self._drop(sock)
             raise
 
-    def close(self) -> None:
-        """Close this thread's connection (the next command opens a new one)."""
-        sock = getattr(self._local, "sock", None)
-        if sock is not None:
-            self._drop(sock)
-
     # -- one connection per thread (and per process: a forked child opens its own) --
 
     def _socket(self) -> socket.socket:
