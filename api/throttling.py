@@ -9,9 +9,10 @@ every machine shares one count per token.
 
 A round trip per request was a third of a status poll's cost, so for limits of 1000 or more per
 period each web process, far below the limit, tallies hits locally and adds them to the shared
-count in bulk (every 16 hits or 50 ms). From 80% of the limit on, and before every refusal, the
-shared count is read and written on each hit: a limit is exceeded only if the other processes'
-unsent tallies (at most 15 hits each) add up to a fifth of it. A refused hit is taken back:
+count in bulk: every 50 ms, or sooner once it holds a 64th of the limit (at least 16 hits, at most
+64). From 80% of the limit on, and before every refusal, the shared count is read and written on
+each hit: a limit is exceeded only if the other processes' unsent tallies (each under a 64th of
+the limit, or 16 hits) add up to a fifth of it, which takes more than twelve of them. A refused hit is taken back:
 refusals do not use up the budget. A refusal is a `429` with `Retry-After` (through
 `api.exceptions`' one error shape).
 """
@@ -30,10 +31,13 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Far below its limit, a process adds its hits to the shared count in bulk: every SYNC_HITS hits or
-# SYNC_SECONDS, whichever comes first. From EXACT_FROM of the limit on, every hit is counted at once.
-# Limits under LOCAL_FROM hits per period are counted exactly, on every hit.
+# Far below its limit, a process adds its hits to the shared count in bulk: every SYNC_SECONDS, or sooner once it
+# holds limit // SYNC_SHARE hits, kept between SYNC_HITS (so a small limit's batches stay small enough to be safe)
+# and MAX_SYNC_HITS. From EXACT_FROM of the limit on, every hit is counted at once. Limits under LOCAL_FROM hits per
+# period are counted exactly, on every hit. (A large limit's round trips were one per 16 polls, 3% of a poll's CPU.)
 SYNC_HITS = 16
+MAX_SYNC_HITS = 64
+SYNC_SHARE = 64
 SYNC_SECONDS = 0.05
 EXACT_FROM = 0.8
 LOCAL_FROM = 1000
@@ -66,6 +70,11 @@ def window_counts(previous_key: str, current_key: str, *, amount: int, timeout: 
     except ValueError:  # expired between add and incr: start it again
         cache.set(current_key, amount, timeout=timeout)
         return previous, amount
+
+
+def sync_hits(limit: int) -> int:
+    """How many hits a process tallies locally, far below `limit`, before it adds them to the shared count."""
+    return min(MAX_SYNC_HITS, max(SYNC_HITS, limit // SYNC_SHARE))
 
 
 def uncount_hit(key: str) -> None:
@@ -134,7 +143,7 @@ class CacheRateThrottle(BaseThrottle):
                 tally = _tallies[key] = _Tally(window)
             estimate = tally.previous * weight + tally.shared + tally.pending
             clock = time.monotonic()
-            if (limit >= LOCAL_FROM and estimate + 1 < limit * EXACT_FROM and tally.pending + 1 < SYNC_HITS
+            if (limit >= LOCAL_FROM and estimate + 1 < limit * EXACT_FROM and tally.pending + 1 < sync_hits(limit)
                     and clock - tally.synced_at < SYNC_SECONDS):
                 tally.pending += 1
                 return True

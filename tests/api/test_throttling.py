@@ -142,13 +142,17 @@ def poll_request(user: Any) -> Any:
     return request
 
 
-def test_far_below_a_large_limit_hits_are_sent_in_bulk(user: Any, settings: Any, counted_syncs: list[int]) -> None:
-    settings.INFERQ_THROTTLE_RATES = {"api": "30000/min"}
+@pytest.mark.parametrize(("rate", "per_trip"), [("1000/min", 16), ("2048/min", 32), ("30000/min", 64),
+                                               ("10000000/min", 64)])
+def test_far_below_a_large_limit_hits_are_sent_in_bulk(user: Any, settings: Any, counted_syncs: list[int],
+                                                       rate: str, per_trip: int) -> None:
+    """A 64th of the limit per round trip, at least 16 hits and at most 64."""
+    settings.INFERQ_THROTTLE_RATES = {"api": rate}
     request, throttle = poll_request(user), CacheRateThrottle()
 
-    assert all(throttle.allow_request(request, None) for _ in range(161))
+    assert all(throttle.allow_request(request, None) for _ in range(1 + 5 * per_trip))
 
-    assert counted_syncs == [1] + [16] * 10  # the first hit, then one round trip per 16: every hit is counted
+    assert counted_syncs == [1] + [per_trip] * 5  # the first hit, then one round trip per batch: every hit counted
 
 
 def test_a_small_limit_is_counted_on_every_hit(user: Any, settings: Any, counted_syncs: list[int]) -> None:
@@ -158,17 +162,19 @@ def test_a_small_limit_is_counted_on_every_hit(user: Any, settings: Any, counted
     assert counted_syncs == [1] * 20
 
 
+@pytest.mark.parametrize("limit", [1000, 6000])
 def test_processes_tallying_apart_still_stop_at_the_limit(user: Any, settings: Any, counted_syncs: list[int],
-                                                          monkeypatch: Any) -> None:
-    """Two web processes (two tally tables) share one budget of 1000: together they let exactly 1000 through."""
+                                                          monkeypatch: Any, limit: int) -> None:
+    """Two web processes (two tally tables) share one budget: together they let exactly that many through."""
     import api.throttling
 
-    settings.INFERQ_THROTTLE_RATES = {"api": "1000/min"}
+    settings.INFERQ_THROTTLE_RATES = {"api": f"{limit}/min"}
     request, throttle = poll_request(user), CacheRateThrottle()
     tables: list[dict[str, Any]] = [{}, {}]
     allowed = 0
-    for i in range(1200):
+    for i in range(limit + 200):
         monkeypatch.setattr(api.throttling, "_tallies", tables[i % 2])
         allowed += throttle.allow_request(request, None)
-    assert allowed == 1000
-    assert len(counted_syncs) < 1200 - 700  # well below 80% of the limit, most hits were tallied locally
+    assert allowed == limit
+    # Well below 80% of the limit, most hits were tallied locally.
+    assert len(counted_syncs) < limit + 200 - 0.7 * limit
