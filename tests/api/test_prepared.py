@@ -438,3 +438,38 @@ def test_on_sqlite_updates_go_straight_to_the_sqlite3_connection_when_nothing_wa
     monkeypatch.undo()
     assert returned is not None and returned[0].id == other.id and returned[0].worker == "w2"
     assert Job.objects.get(id=job.id).worker == "w1" and Job.objects.get(id=other.id).worker == "w2"
+
+
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_each_quicker_converter_gives_what_djangos_gives(settings: Any, use_tz: bool) -> None:
+    """Every converter a Job row's columns take, as `_converters` hands them out, against Django's own, on every
+    kind of value a column gives back: the same type, the same value, the same time zone."""
+    import datetime
+
+    from api.prepared import _converters
+
+    settings.USE_TZ = use_tz
+    conn = connections["default"]
+    table = Job._meta.db_table
+    built = _converters(conn, table, list(Job._meta.concrete_fields))
+    naive = datetime.datetime(2026, 12, 6, 15, 4, 10, 123456)
+    values = [None, naive, naive.replace(microsecond=0), naive.replace(tzinfo=datetime.timezone.utc),
+              "2026-12-06 15:04:10.123456"]
+    checked = 0
+    for _index, functions, col in built:
+        djangos = conn.ops.get_db_converters(col) + col.get_db_converters(conn)
+        assert len(functions) == len(djangos)
+        if col.target.get_internal_type() != "DateTimeField":
+            assert functions == djangos  # only SQLite's datetime converter has a quicker twin
+            continue
+        assert conn.vendor != "sqlite" or functions != djangos
+        for value in values:
+            got = expected = value
+            for quick, theirs in zip(functions, djangos, strict=True):
+                got, expected = quick(got, col, conn), theirs(expected, col, conn)
+            assert type(got) is type(expected) and got == expected, (col, value, got, expected)
+            assert getattr(got, "tzinfo", None) == getattr(expected, "tzinfo", None)
+            checked += 1
+    if conn.vendor == "sqlite":
+        assert checked == 5 * len(values)  # the five datetime columns (PostgreSQL's come back aware, unconverted)
+
