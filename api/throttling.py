@@ -12,9 +12,9 @@ period each web process, far below the limit, tallies hits locally and adds them
 count in bulk: every 50 ms, or sooner once it holds a 64th of the limit (at least 16 hits, at most
 64). From 80% of the limit on, and before every refusal, the shared count is read and written on
 each hit: a limit is exceeded only if the other processes' unsent tallies (each under a 64th of
-the limit, or 16 hits) add up to a fifth of it, which takes more than twelve of them. A refused hit is taken back:
-refusals do not use up the budget. A refusal is a `429` with `Retry-After` (through
-`api.exceptions`' one error shape).
+the limit, or 16 hits) add up to a fifth of it, which takes more than twelve of them. A refused
+hit is taken back: refusals do not use up the budget. A refusal is a `429` with `Retry-After`
+(through `api.exceptions`' one error shape).
 """
 
 from __future__ import annotations

@@ -472,4 +472,3 @@ def test_each_quicker_converter_gives_what_djangos_gives(settings: Any, use_tz: 
             checked += 1
     if conn.vendor == "sqlite":
         assert checked == 5 * len(values)  # the five datetime columns (PostgreSQL's come back aware, unconverted)
-
