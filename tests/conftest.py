@@ -28,6 +28,15 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture(autouse=True)
+def store_rechecked_on_every_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write model store entries and use them at once: every lookup asks the file system, as with
+    STAT_SECONDS 0. The recheck interval itself is tested in tests/workers/test_store.py."""
+    import workers.store
+
+    monkeypatch.setattr(workers.store, "STAT_SECONDS", 0.0)
+
+
+@pytest.fixture(autouse=True)
 def fresh_process_memory() -> Iterator[None]:
     """What a process remembers between requests (tokens, throttle tallies, unsent metrics) starts empty."""
     from api.authentication import token_cache_clear

@@ -158,12 +158,18 @@ def write_manifest(path: Path, data: dict[str, Any]) -> None:
 
 # Every submit and every job looks its model up; rescanning the directory and parsing the manifest each
 # time cost a tenth of a small job. Listings are reused while their directory is unchanged (at most one
-# second, for file systems with coarse timestamps), manifests while their file is unchanged. A lookup still
-# stats both, so a new version or an edited manifest is seen at once; it does so on plain strings, since
-# building pathlib paths cost more than the two stat calls.
+# second, for file systems with coarse timestamps), manifests while their file is unchanged. Whether they
+# changed is asked of the file system (a stat of each) at most every STAT_SECONDS per process: the two stat
+# calls were two of a submit's seven hand-offs of the GIL between a web process's threads. A version asked for
+# by number that the listing lacks is looked for at once, so a new version can be used the moment it is
+# exported; the latest version and an edited manifest are seen within STAT_SECONDS. Plain strings, not pathlib
+# paths, which cost more than the stat calls.
 LISTING_SECONDS = 1.0
-_listings: dict[str, tuple[int, float, list[str]]] = {}  # directory -> (mtime_ns, read at, versions)
-_manifests: dict[str, tuple[tuple[int, int], ModelSpec]] = {}  # version dir -> ((mtime_ns, size), spec)
+STAT_SECONDS = 0.25
+# directory -> (mtime_ns, listed at, versions, stat'ed at)
+_listings: dict[str, tuple[int, float, list[str], float]] = {}
+# version dir -> ((mtime_ns, size), spec, stat'ed at)
+_manifests: dict[str, tuple[tuple[int, int], ModelSpec, float]] = {}
 
 
 class ModelStore:
@@ -178,24 +184,31 @@ class ModelStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
 
-    def versions(self, name: str) -> list[str]:
+    def versions(self, name: str, *, fresh: bool = False) -> list[str]:
+        """The model's versions, oldest first; `fresh`: ask the file system now, not up to STAT_SECONDS ago."""
         if not NAME_RE.match(name):
             return []
         base = os.path.join(self._root, name)
+        now = time.monotonic()
+        seen = _listings.get(base)
+        if seen is not None and not fresh and now - seen[3] < STAT_SECONDS:
+            return list(seen[2])
         try:
             mtime = os.stat(base).st_mtime_ns
         except OSError:
+            _listings.pop(base, None)
             return []
-        now = time.monotonic()
-        seen = _listings.get(base)
         if seen is not None and seen[0] == mtime and now - seen[1] < LISTING_SECONDS:
+            _listings[base] = (mtime, seen[1], seen[2], now)
             return list(seen[2])
         found = sorted((p.name for p in Path(base).iterdir() if (p / MANIFEST).is_file()), key=_version_key)
-        _listings[base] = (mtime, now, found)
+        _listings[base] = (mtime, now, found, now)
         return list(found)
 
     def get(self, name: str, version: str | None = None) -> ModelSpec:
         versions = self.versions(name)
+        if not versions or (version is not None and version not in versions):
+            versions = self.versions(name, fresh=True)  # exported since the last look?
         if not versions:
             raise StoreError(f"unknown model {name!r}")
         if version is None:
@@ -203,16 +216,21 @@ class ModelStore:
         elif version not in versions:
             raise StoreError(f"model {name!r} has no version {version!r} (has {', '.join(versions)})")
         path = os.path.join(self._root, name, version)
+        now = time.monotonic()
+        seen = _manifests.get(path)
+        if seen is not None and now - seen[2] < STAT_SECONDS:
+            return seen[1]
         try:
             stat = os.stat(os.path.join(path, MANIFEST))
         except OSError as exc:
+            _manifests.pop(path, None)
             raise StoreError(f"model {name!r} version {version!r} has no readable manifest: {exc}") from exc
         key = (stat.st_mtime_ns, stat.st_size)
-        seen = _manifests.get(path)
         if seen is not None and seen[0] == key:
+            _manifests[path] = (key, seen[1], now)
             return seen[1]
         spec = read_manifest(Path(path))
-        _manifests[path] = (key, spec)
+        _manifests[path] = (key, spec, now)
         return spec
 
     def latest(self) -> list[ModelSpec]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,6 +137,75 @@ def test_a_lookup_is_reused_until_the_files_change(tmp_path: Path) -> None:
     write_entry(tmp_path, {"name": "m", "version": "2", "handler": "echo", "input": {}})
     assert store.versions("m") == ["1", "2"]  # a new version shows at once
     assert store.get("m").version == "2"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The store's monotonic clock, standing still until a test moves it; and its recheck interval as shipped."""
+    import workers.store
+
+    now = [1000.0]
+    monkeypatch.setattr(workers.store, "STAT_SECONDS", 0.25)
+    monkeypatch.setattr(workers.store.time, "monotonic", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def stat_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import workers.store
+
+    calls: list[str] = []
+    real = os.stat
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(workers.store.os, "stat", counted)
+    return calls
+
+
+def test_within_the_recheck_interval_a_lookup_asks_the_file_system_nothing(
+        tmp_path: Path, clock: list[float], stat_calls: list[str]) -> None:
+    write_entry(tmp_path, {"name": "m", "version": "1", "handler": "echo", "input": {}})
+    store = ModelStore(tmp_path)
+    first = store.get("m")  # listed and read
+    stat_calls.clear()
+
+    clock[0] += 0.2
+    assert store.get("m") is first and store.get("m", "1") is first
+    assert stat_calls == []
+
+    clock[0] += 0.1  # past the interval: both are asked again, and still unchanged, reused
+    assert store.get("m") is first
+    assert [Path(p).name for p in stat_calls] == ["m", "manifest.json"]
+
+
+def test_an_edit_or_a_new_latest_version_is_seen_within_the_interval(tmp_path: Path, clock: list[float]) -> None:
+    entry = write_entry(tmp_path, {"name": "m", "version": "1", "handler": "echo", "input": {}, "batch_size": 4})
+    store = ModelStore(tmp_path)
+    assert store.get("m").batch_size == 4
+
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (entry / "manifest.json").write_text(json.dumps({**manifest, "batch_size": 16}, indent=4))
+    write_entry(tmp_path, {"name": "m", "version": "2", "handler": "echo", "input": {}})
+    assert store.get("m").version == "1"  # within the interval: as last seen
+
+    clock[0] += 0.3
+    assert store.get("m").version == "2"
+    assert store.get("m", "1").batch_size == 16
+
+
+def test_a_version_asked_for_by_number_is_found_the_moment_it_is_exported(tmp_path: Path, clock: list[float]) -> None:
+    write_entry(tmp_path, {"name": "m", "version": "1", "handler": "echo", "input": {}})
+    store = ModelStore(tmp_path)
+    assert store.versions("m") == ["1"]
+
+    write_entry(tmp_path, {"name": "m", "version": "2", "handler": "echo", "input": {}})
+    assert store.get("m", "2").version == "2"  # no wait: a version the listing lacks is looked for at once
+    assert store.get("m").version == "2"  # and the listing read for it serves the latest too
+    with pytest.raises(StoreError, match="has no version '3'"):
+        store.get("m", "3")
 
 
 @pytest.mark.parametrize("streams", [0, -1, "two", True, 1.5])
