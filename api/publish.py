@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import threading
 import uuid
@@ -125,6 +126,21 @@ def _template(app: Any, name: str, queue: str, time_limit: float | None,
     return found
 
 
+_tag_source: list[Any] = [None, None]  # [pid, random.Random seeded from the kernel in that process]
+
+
+def _delivery_tag() -> str:
+    """A version-4 UUID, as kombu's `uuid()` makes a message's delivery tag, from a generator seeded once per
+    process from the kernel's random source: the tag only has to be unique (kombu keys its unacknowledged
+    messages by it), and `uuid.uuid4()` calls `getrandom`, a system call that gives up the GIL, once more per
+    submit. Keyed by pid, so a forked process never repeats its parent's tags."""
+    pid, source = _tag_source
+    if pid != os.getpid() or source is None:
+        source = random.Random(os.urandom(32))  # noqa: S311 - unique, not secret
+        _tag_source[:] = [os.getpid(), source]
+    return str(uuid.UUID(int=source.getrandbits(128), version=4))
+
+
 def envelope(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue: str,
              time_limit: float | None, soft_time_limit: float | None) -> bytes:
     """The bytes kombu's Redis transport pushes for `send_task(name, kwargs=..., queue=queue, task_id=...)`."""
@@ -137,7 +153,7 @@ def envelope(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue
     # The body: [args, kwargs, embed] as JSON, base64-encoded as kombu's Redis transport sends it.
     payload = f"[[], {json.dumps(kwargs)}, {embed}]".encode()
     values = {"id": json.dumps(task_id), "kwargsrepr": json.dumps(kwargsrepr),
-              "body": f'"{base64.b64encode(payload).decode()}"', "tag": f'"{uuid.uuid4()}"'}
+              "body": f'"{base64.b64encode(payload).decode()}"', "tag": f'"{_delivery_tag()}"'}
     return "".join(values[piece] if i % 2 else piece for i, piece in enumerate(pieces)).encode()
 
 

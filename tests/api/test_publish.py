@@ -80,6 +80,45 @@ def test_each_message_from_the_reused_template_is_the_one_celery_builds_for_that
     assert len(tags) == 2 * len(jobs)  # a fresh delivery tag for every message
 
 
+def test_a_delivery_tag_is_a_version_4_uuid_made_without_the_kernels_random_source(monkeypatch: Any) -> None:
+    import os
+    import uuid
+
+    def no_syscall(size: int) -> bytes:
+        raise AssertionError("os.urandom called")
+
+    publish.envelope(app, name="inference.run", task_id="t", kwargs={}, queue="inferq.model.m", time_limit=None,
+                     soft_time_limit=None)  # the process's generator, seeded from the kernel once
+    monkeypatch.setattr(os, "urandom", no_syscall)
+    tags = [json.loads(publish.envelope(app, name="inference.run", task_id=f"t-{i}", kwargs={"job_id": f"t-{i}"},
+                                        queue="inferq.model.m", time_limit=None, soft_time_limit=None)
+                       )["properties"]["delivery_tag"] for i in range(500)]
+    assert len(set(tags)) == 500
+    assert all(uuid.UUID(tag).version == 4 and str(uuid.UUID(tag)) == tag for tag in tags)
+
+
+def test_a_forked_process_draws_other_delivery_tags_than_its_parent() -> None:
+    import os
+
+    def tag() -> str:
+        message = publish.envelope(app, name="inference.run", task_id="t", kwargs={}, queue="inferq.model.m",
+                                   time_limit=None, soft_time_limit=None)
+        return str(json.loads(message)["properties"]["delivery_tag"])
+
+    tag()  # the parent's generator exists before the fork
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os.write(write, "\n".join(tag() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        childs = set(pipe.read().split("\n"))
+    parents = {tag() for _ in range(50)}
+    assert len(childs) == 50 and not childs & parents
+
+
 def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
     server = fakeredis.FakeRedis()
     monkeypatch.setattr(publish, "broker_pusher", lambda app: server)
