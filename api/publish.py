@@ -135,9 +135,9 @@ def _delivery_tag() -> str:
     messages by it), and `uuid.uuid4()` calls `getrandom`, a system call that gives up the GIL, once more per
     submit. Keyed by pid, so a forked process never repeats its parent's tags."""
     pid, source = _tag_source
-    if pid != os.getpid() or source is None:
+    if pid != (here := os.getpid()):  # also the first call: no pid yet
         source = random.Random(os.urandom(32))  # noqa: S311 - unique, not secret
-        _tag_source[:] = [os.getpid(), source]
+        _tag_source[:] = [here, source]
     return str(uuid.UUID(int=source.getrandbits(128), version=4))
 
 
