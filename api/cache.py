@@ -1,11 +1,12 @@
 """The result cache: an input byte-identical to one a model version already answered is answered at once.
 
 The key is (model name, model version, sha256 of the input bytes), served by the `job_cache_key`
-index. A hit creates a new Job row for the caller, already succeeded with a copy of the earlier
-result and marked `cached`; nothing is stored or enqueued. With INFERQ_RESULT_CACHE_SHARED off,
-only the caller's own earlier jobs count (a shared cache tells a user that someone already
-submitted those exact bytes). A model version is assumed immutable: re-exporting different
-weights under the same version would serve stale answers, so export a new version instead.
+index, which holds only succeeded jobs (a submit does not write it). A hit creates a new Job row
+for the caller, already succeeded with a copy of the earlier result and marked `cached`; nothing
+is stored or enqueued. With INFERQ_RESULT_CACHE_SHARED off, only the caller's own earlier jobs
+count (a shared cache tells a user that someone already submitted those exact bytes). A model
+version is assumed immutable: re-exporting different weights under the same version would serve
+stale answers, so export a new version instead.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ def cached_result_find(*, owner: AbstractBaseUser, spec: ModelSpec, sha256: str)
     """The latest succeeded job of this model version on these exact bytes, if the cache is on."""
     if not settings.INFERQ_RESULT_CACHE:
         return None
-    key = {"model_name": spec.name, "model_version": spec.version, "input_sha256": sha256,
-           "status": JobStatus.SUCCEEDED}
+    key = {"model_name": spec.name, "model_version": spec.version, "input_sha256": sha256}
     if settings.INFERQ_RESULT_CACHE_SHARED:
         return _latest_answer(**key)
     return _latest_own_answer(**key, owner=owner.pk)
@@ -38,8 +38,10 @@ def cached_result_find(*, owner: AbstractBaseUser, spec: ModelSpec, sha256: str)
 
 # Every submit asks this first, and most ask in vain: SQL built once (api/prepared.py), not compiled per
 # call by the ORM (measured on SQLite: 30 µs against 810 µs for the miss).
-_CACHE_KEY = ("model_name", "model_version", "input_sha256", "status")
-_ANSWER: dict[str, Any] = {"defer": ("input_data",), "not_null": ("result",), "newest": "finished_at"}
+_CACHE_KEY = ("model_name", "model_version", "input_sha256")
+# The status is written into the SQL: the `job_cache_key` index holds succeeded jobs only (api/models.py).
+_ANSWER: dict[str, Any] = {"defer": ("input_data",), "not_null": ("result",), "newest": "finished_at",
+                           "fixed": {"status": str(JobStatus.SUCCEEDED)}}
 _latest_answer = PreparedGet(Job, *_CACHE_KEY, **_ANSWER)
 _latest_own_answer = PreparedGet(Job, *_CACHE_KEY, "owner", **_ANSWER)
 

@@ -105,9 +105,15 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
-            models.Index(fields=["status", "model_name"], name="job_status_model"),
-            models.Index(fields=["model_name", "model_version", "input_sha256"], name="job_cache_key"),
-            models.Index(fields=["model_name", "model_version", "status", "created_at"], name="job_claim"),
+            # Every read by status: the queue bound's count (status, model), a worker's claim of the oldest
+            # queued jobs of one version (status, model, version, oldest first), the sweeper's running jobs,
+            # recovery and retention. One index where there were two ((status, model) and (model, version,
+            # status, created)): every submit writes it, every claim and finish moves the job within it.
+            models.Index(fields=["status", "model_name", "model_version", "created_at"], name="job_queue"),
+            # The result cache looks up succeeded jobs only (api/cache.py), so only they are in it: a submit,
+            # which inserts a queued job, does not write it; the finish that makes a job succeeded does.
+            models.Index(fields=["model_name", "model_version", "input_sha256"], name="job_cache_key",
+                         condition=models.Q(status=JobStatus.SUCCEEDED)),
             models.Index(fields=["batch"], name="job_batch", condition=models.Q(batch__isnull=False)),
         ]
         constraints = [

@@ -100,15 +100,18 @@ class PreparedGet(_BuiltPerVendor, Generic[M]):
     """`PreparedGet(Job, "id", "owner")(id=..., owner=...)`: the one row matching every field, or None.
 
     Fields named in `defer` are left out of the SELECT and load on first access, as with `QuerySet.defer`.
-    `not_null` adds `field IS NOT NULL` conditions; with `newest`, the row with the latest value of that
-    field is the one returned (`order_by("-newest").first()`).
+    `not_null` adds `field IS NOT NULL` conditions and `fixed` `field = 'constant'` ones, written into the SQL
+    (so the planner can match a partial index's condition, whose value a parameter would hide from it: PostgreSQL's
+    generic plans); with `newest`, the row with the latest value of that field is the one returned
+    (`order_by("-newest").first()`).
     """
 
     def __init__(self, model: type[M], *fields: str, defer: tuple[str, ...] = (), not_null: tuple[str, ...] = (),
-                 newest: str | None = None) -> None:
+                 newest: str | None = None, fixed: dict[str, str] | None = None) -> None:
         self.model = model
         self.fields = [model._meta.get_field(name) for name in fields]
         self.not_null = [model._meta.get_field(name) for name in not_null]
+        self.fixed = [(model._meta.get_field(name), _sql_constant(value)) for name, value in (fixed or {}).items()]
         self.newest = model._meta.get_field(newest) if newest else None
         self.columns = [f for f in model._meta.concrete_fields if f.name not in defer]
         self.attnames = [f.attname for f in self.columns]
@@ -119,7 +122,8 @@ class PreparedGet(_BuiltPerVendor, Generic[M]):
         quote = connection.ops.quote_name
         table = meta.db_table
         where = " AND ".join([f"{quote(table)}.{quote(f.column)} = %s" for f in self.fields]
-                             + [f"{quote(table)}.{quote(f.column)} IS NOT NULL" for f in self.not_null])
+                             + [f"{quote(table)}.{quote(f.column)} IS NOT NULL" for f in self.not_null]
+                             + [f"{quote(table)}.{quote(f.column)} = {constant}" for f, constant in self.fixed])
         order = f" ORDER BY {quote(table)}.{quote(self.newest.column)} DESC" if self.newest else ""
         # Only names from the model's own metadata go into the text; values are parameters.
         sql = f"SELECT {_select_list(connection, table, self.columns)} FROM {quote(table)} WHERE {where}{order} LIMIT 1"  # noqa: S608
@@ -132,6 +136,13 @@ class PreparedGet(_BuiltPerVendor, Generic[M]):
         if row is None:
             return None
         return _instance(self.model, alias, self.attnames, row, converters, connection)
+
+
+def _sql_constant(value: str) -> str:
+    """A constant from the code (a status, say) as an SQL string literal; only plain words are accepted."""
+    if not (isinstance(value, str) and value.replace("_", "").isalnum() and value.isascii()):
+        raise ValueError(f"not a plain word for an SQL constant: {value!r}")
+    return f"'{value}'"
 
 
 def _select_list(connection: Any, table: str, columns: list[Any]) -> str:

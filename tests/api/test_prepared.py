@@ -52,6 +52,22 @@ def test_it_is_one_query(user: Any, make_job: Any) -> None:
     assert "LIMIT 1" in queries.captured_queries[0]["sql"]
 
 
+
+def test_a_fixed_value_is_a_condition_written_into_the_sql(make_job: Any) -> None:
+    job = make_job(b"x")
+    get = PreparedGet(Job, "id", fixed={"status": str(JobStatus.SUCCEEDED)})
+    assert "= 'succeeded'" in get._build(connection)[0]
+    assert get(id=job.id) is None  # still queued
+    Job.objects.filter(id=job.id).update(status=JobStatus.SUCCEEDED)
+    found = get(id=job.id)
+    assert found is not None and found.status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("value", ["it's", "a b", "x;--", "", 3, "é"])
+def test_a_fixed_value_must_be_a_plain_word(value: Any) -> None:
+    with pytest.raises(ValueError, match="plain word"):
+        PreparedGet(Job, "id", fixed={"status": value})
+
 # What differs between two jobs anyway.
 SKIP = {"id", "input", "input_data", "input_sha256", "created_at", "enqueued_at"}
 
