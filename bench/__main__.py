@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import memory
-from bench.client import Client, api_rates, run_batch, run_bulk, run_jobs
+from bench.client import Client, api_rates, api_ratios, run_batch, run_bulk, run_jobs
 from bench.images import photos
 from bench.lab import Lab
 from bench.layout import layout_of
@@ -305,8 +305,8 @@ def main() -> int:
     p50, p99 = statistics.median(overhead), percentile(overhead, 99)
     strict = [t - digits_inproc for t in results["e"]]
     trivial, submit, poll = (statistics.median(api[kind]) for kind in ("trivial", "submit", "poll"))
-    submit_ratios = [s / t for s, t in zip(api["submit"], api["trivial"], strict=True)]
-    poll_ratios = [p / t for p, t in zip(api["poll"], api["trivial"], strict=True)]
+    ratios = api_ratios(api)
+    submit_ratios, poll_ratios = ratios["submit"], ratios["poll"]
     submit_errors = sum(api["submit_errors"])
     rows += [
         ("(a) limit: in-process loop", f"{main_model}, batch {best_bs}, {limit['threads']} threads"

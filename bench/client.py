@@ -171,21 +171,41 @@ def rate(base: str, token: str, make_request: Callable[[], tuple[str, str, bytes
     return sum(counts) / (time.perf_counter() - started), sum(errors)
 
 
+# The order api_rates measures them in, round after round.
+API_KINDS = ("trivial", "submit", "poll")
+
+
 def api_rates(base: str, token: str, *, png: bytes, job_id: str, seconds: float, rounds: int,
               threads: int) -> dict[str, list[float]]:
     """The trivial view's, a submit's and a status poll's req/s, taken in turn `rounds` times (`seconds` in all
     per kind), so that each round compares the three over the same minute of a drifting host; plus the
-    submits that did not answer 2xx ("submit_errors")."""
+    submits that did not answer 2xx ("submit_errors"). The trivial view is measured once more at the end, so that
+    every submit and poll has a trivial measurement on either side of it (`api_ratios`)."""
     kinds: dict[str, Callable[[], tuple[str, str, bytes | None, dict[str, str]]]] = {
         "trivial": lambda: ("GET", "/_bench/trivial", None, {}),
         "submit": lambda: ("POST", "/v1/models/digits/jobs", png, {"Content-Type": "image/png"}),
         "poll": lambda: ("GET", f"/v1/jobs/{job_id}", None, {}),
     }
-    found: dict[str, list[float]] = {kind: [] for kind in (*kinds, "submit_errors")}
+    found: dict[str, list[float]] = {kind: [] for kind in (*API_KINDS, "submit_errors")}
     for _ in range(rounds):
-        for kind, make_request in kinds.items():
-            per_s, errors = rate(base, token, make_request, seconds / rounds, threads)
+        for kind in API_KINDS:
+            per_s, errors = rate(base, token, kinds[kind], seconds / rounds, threads)
             found[kind].append(per_s)
             if kind == "submit":
                 found["submit_errors"].append(errors)
+    found["trivial"].append(rate(base, token, kinds["trivial"], seconds / rounds, threads)[0])
     return found
+
+
+def api_ratios(found: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each round's submit and poll rate over the trivial view's at the same moment: interpolated linearly
+    between the trivial measurements that open this round and the next (`api_rates`' order: trivial, submit,
+    poll, trivial, ...). The host's speed drifts within a round, so the trivial view is read at the slot each
+    measurement took, as (b) is compared with the limit measured on either side of it."""
+    trivial = found["trivial"]
+    ratios = {}
+    for slot, kind in enumerate(API_KINDS[1:], start=1):
+        share = slot / len(API_KINDS)
+        ratios[kind] = [rate / (trivial[i] * (1 - share) + trivial[i + 1] * share)
+                        for i, rate in enumerate(found[kind])]
+    return ratios

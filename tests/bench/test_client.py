@@ -124,3 +124,27 @@ def test_run_batch_files_every_submit_in_one_batch_waits_for_it_then_reads_every
     assert len(waits) == 2 and max(submits) < min(waits)  # every submit before the wait, waited again when early
     pages = [entry for entry in server.log if entry.startswith("GET /v1/jobs")]
     assert len(pages) == 3 and min(server.log.index(p) for p in pages) > max(waits)
+
+
+def test_api_ratios_read_the_trivial_view_at_each_measurements_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A host slowing down steadily: trivial_at(t) is the trivial view's rate in the run's t-th slot. Submits
+    # run at 0.3 times it and polls at 0.6 times it, in their own slots: their ratios must read 0.3 and 0.6.
+    def trivial_at(slot: int) -> float:
+        return 5000.0 - 150.0 * slot
+
+    slots = iter(range(100))
+    factor = {"/_bench/trivial": 1.0, "/v1/models/digits/jobs": 0.3}
+
+    def fake_rate(base: str, token: str, make_request: Any, seconds: float, threads: int = 4) -> tuple[float, int]:
+        _, path, _, _ = make_request()
+        return trivial_at(next(slots)) * factor.get(path, 0.6), 0
+
+    monkeypatch.setattr(client, "rate", fake_rate)
+    found = client.api_rates("http://x", "t", png=b"png", job_id="j", seconds=3.0, rounds=3, threads=1)
+
+    assert found["trivial"] == [trivial_at(slot) for slot in (0, 3, 6, 9)]  # a last one closes the last round
+    ratios = client.api_ratios(found)
+    assert ratios["submit"] == pytest.approx([0.3] * 3, rel=1e-12)
+    assert ratios["poll"] == pytest.approx([0.6] * 3, rel=1e-12)
+    # Against the trivial view of its round's start alone, the same measurements read low.
+    assert all(s / t < 0.3 for s, t in zip(found["submit"], found["trivial"], strict=False))
