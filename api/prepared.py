@@ -227,6 +227,7 @@ class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
         self.columns = list(model._meta.concrete_fields)
         self.attnames = [f.attname for f in self.columns]
         self._built: dict[str, tuple[str, list[Any]]] = {}
+        self._set_preparers: dict[str, list[Callable[[Any], Any]]] = {}  # vendor -> one per field of `sets`
 
     def supported(self, connection: Any) -> bool:
         vendor = connection.vendor
@@ -260,7 +261,10 @@ class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
         computed = computed or {}
 
         def params(connection: Any) -> list[Any]:
-            return ([f.get_db_prep_save(values[f.name], connection) for f in self.sets]
+            preparers = self._set_preparers.get(connection.vendor)
+            if preparers is None:
+                preparers = self._set_preparers[connection.vendor] = [_preparer(f, connection) for f in self.sets]
+            return ([prep(values[f.name]) for f, prep in zip(self.sets, preparers, strict=True)]
                     + [param.get_db_prep_value(computed[f.name], connection, prepared=False)
                        for f, param, _ in self.computed]
                     + [f.get_db_prep_value(match[f.name], connection, prepared=False) for f in self.where]
@@ -273,7 +277,8 @@ class PreparedUpdateReturning(_BuiltPerVendor, Generic[M]):
                  row[width] if self.extra else None) for row in rows]
 
 
-_updates: dict[tuple[Any, ...], str] = {}
+# Per statement shape: the UPDATE, and a preparer for each SET value (`_preparer`).
+_updates: dict[tuple[Any, ...], tuple[str, list[Callable[[Any], Any]]]] = {}
 
 
 def update_where(model: type[models.Model], *, values: dict[str, Any], exact: dict[str, Any],
@@ -281,24 +286,26 @@ def update_where(model: type[models.Model], *, values: dict[str, Any], exact: di
     """`UPDATE … SET values WHERE each exact field = value AND each within field IN (…)`: the rows changed.
 
     What `QuerySet.filter(...).update(...)` does (field names, not lookups; values prepared by the fields
-    as for a save), with the statement built once per shape instead of compiled per call (measured on
-    SQLite: 68 µs against 243 µs). No signals are sent, as with `QuerySet.update`.
+    as for a save, through `_preparer`), with the statement built once per shape instead of compiled per call
+    (measured on SQLite: 68 µs against 243 µs). No signals are sent, as with `QuerySet.update`.
     """
     within = within or {}
     alias = router.db_for_write(model)
     connection = connections[alias]
     meta = model._meta
     key = (model, connection.vendor, tuple(values), tuple(exact), tuple((n, len(v)) for n, v in within.items()))
-    sql = _updates.get(key)
-    if sql is None:
+    built = _updates.get(key)
+    if built is None:
         quote = connection.ops.quote_name
         sets = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in values)
         conditions = [f"{quote(meta.get_field(name).column)} = %s" for name in exact]
         conditions += [f"{quote(meta.get_field(name).column)} IN ({', '.join(['%s'] * len(options))})"
                        for name, options in within.items()]
         # Only names from the model's own metadata go into the text; values are parameters.
-        sql = _updates[key] = f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {' AND '.join(conditions)}"  # noqa: S608
-    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+        sql = f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {' AND '.join(conditions)}"  # noqa: S608
+        built = _updates[key] = (sql, [_preparer(meta.get_field(name), connection) for name in values])
+    sql, preparers = built
+    params = [prep(value) for prep, value in zip(preparers, values.values(), strict=True)]
     params += [meta.get_field(name).get_db_prep_value(value, connection, prepared=False)
                for name, value in exact.items()]
     for name, options in within.items():

@@ -456,6 +456,40 @@ def test_on_sqlite_updates_go_straight_to_the_sqlite3_connection_when_nothing_wa
     assert Job.objects.get(id=job.id).worker == "w1" and Job.objects.get(id=other.id).worker == "w2"
 
 
+def test_updates_prepare_plain_values_without_djangos_chain(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's claim and finish prepare their SET values as a new job's INSERT does (`_preparer`): a str, a
+    float, None and an aware datetime skip `get_db_prep_save`'s chain; what they write is what the ORM writes."""
+    from django.db.models import Field
+
+    from api.prepared import PreparedUpdateReturning, update_where
+
+    job, other, twin = make_job(b"x"), make_job(b"y"), make_job(b"z")
+    now = timezone.now()
+    values = {"worker": "w", "total_ms": 2.5, "lease_expires_at": None, "finished_at": now}
+    claim = PreparedUpdateReturning(Job, sets=tuple(values), where=("id",))
+    calls: list[str] = []
+    chain = Field.get_db_prep_save
+
+    def counted(field: Any, value: Any, connection: Any) -> Any:
+        calls.append(field.name)
+        return chain(field, value, connection)
+
+    monkeypatch.setattr(Field, "get_db_prep_save", counted)
+    assert update_where(Job, values=values, exact={"id": job.id}) == 1
+    returned = claim(values=values, match={"id": other.id})
+    assert calls == []
+    update_where(Job, values={"result": {"a": 1}}, exact={"id": job.id})  # a JSON value takes the chain
+    assert calls == ["result"]
+    monkeypatch.undo()
+
+    Job.objects.filter(id=twin.id).update(**values)
+    expected = {k: v for k, v in field_values(Job.objects.get(id=twin.id)).items() if k in values}
+    assert returned is not None and {k: v for k, v in field_values(returned[0]).items() if k in values} == expected
+    assert {k: v for k, v in field_values(Job.objects.get(id=other.id)).items() if k in values} == expected
+    written = Job.objects.get(id=job.id)
+    assert {k: v for k, v in field_values(written).items() if k in values} == expected
+    assert written.result == {"a": 1}
+
 @pytest.mark.parametrize("use_tz", [True, False])
 def test_each_quicker_converter_gives_what_djangos_gives(settings: Any, use_tz: bool) -> None:
     """Every converter a Job row's columns take, as `_converters` hands them out, against Django's own, on every
