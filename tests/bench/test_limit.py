@@ -44,3 +44,15 @@ def test_the_limit_tries_each_batch_size_as_one_pass_and_as_streams(digits_store
     assert all(rate > 0 for rate in out["rates"].values())
     assert [layout.layout_of(key) for key in ("1", "4", "4:2")] == [(1, 1), (4, 1), (4, 2)]
     assert handler.streams == 1  # left as it found it
+
+
+def test_the_reference_call_idles_as_long_as_the_pool_process_does_between_jobs() -> None:
+    """(e)'s paced reference idles for each request's time less the pool process's CPU per request (the warm-up
+    requests' CPU counted over them too), not for the whole request: the pool is busy for part of it."""
+    from bench.__main__ import LATENCY_WARMUP, model_idle_ms
+
+    latencies = [3.0, 3.2, 3.4, 9.0]  # median 3.3 ms
+    pool_cpu_s = 1.2e-3 * (len(latencies) + LATENCY_WARMUP)  # 1.2 ms of the pool's CPU per request
+    assert model_idle_ms(latencies, pool_cpu_s) == pytest.approx(2.1)
+    assert model_idle_ms(latencies, 0.0) == pytest.approx(3.3)
+    assert model_idle_ms(latencies, 1.0) == 0.0  # a pool busier than the requests took never idles less than 0
