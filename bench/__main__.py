@@ -19,7 +19,7 @@
 (e) one client on the digits model, submit with `Prefer: wait`: overhead over the in-process call made after
     the idle time the worker's pool process has between the client's jobs (back to back shown too)
 (f) the API alone: submit and status-poll req/s, each / a trivial Django view on the same uWSGI, the three
-    taken in turn three times (the median of the rounds' ratios)
+    taken in turn five times (the median of the rounds' ratios)
 (g) memory: PSS of the worker pool serving the big model, 2 processes / 1: the peak of the tree's total, read
     from /proc/*/smaps_rollup every 0.25 s while the pool serves (a second pass of the load, so that the reads
     do not slow (c)'s throughput) (and, for reference, once it has been idle
