@@ -112,12 +112,15 @@ def run_claimed(jobs: list[Job]) -> set[str]:
     ready = [(job, item) for job, item in zip(jobs, inputs, strict=True) if item is not None]
     if not ready:
         return ended
+    handler = None
     try:
         handler = registry.get(get_store(), model_name, model_version, device())
         outcomes = handler.run_batch([item for _, item in ready])
     except SoftTimeLimitExceeded:
         for job, _ in ready:
             fail(job, "timeout", "The job ran past its model's time limit.")
+        if handler is not None:
+            handler.settle()  # the jobs have their answer; the next job must not find this batch's threads busy
         return ended
     except Exception:  # noqa: BLE001 - a model bug must fail the job, not kill the worker
         logger.exception("model %s:%s raised", model_name, model_version)
@@ -130,4 +133,6 @@ def run_claimed(jobs: list[Job]) -> set[str]:
             elif job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
                              batch_size=outcome.batch_size):
                 ended.add(str(job.id))
+    if handler is not None:
+        handler.settle()  # after a stream raised, the others may still be running
     return ended

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,98 @@ def test_time_limit_fails_the_job_with_timeout(make_job: Callable[[bytes], Job],
 
     job.refresh_from_db()
     assert (job.status, job.error_code) == (JobStatus.FAILED, "timeout")
+
+
+class TwoStreams(EchoHandler):
+    """Echo whose batches run as two side-by-side streams; the stream holding the 4-byte input `hang` waits for
+    `release`, and notes when it ends in `log`."""
+
+    release: threading.Event
+    log: list[str]
+
+    def plan_streams(self, **_: Any) -> int:
+        self.streams = 2
+        return 2
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if int(batch[0, 0]) == len(b"hang"):
+            assert self.release.wait(10), "the test never released the stream"
+            self.log.append("the stream ended")
+        return batch
+
+
+def two_claimed_jobs(make_job: Callable[[bytes], Job], first: bytes = b"hang", second: bytes = b"quick!") -> list[Job]:
+    made = [make_job(first), make_job(second)]
+    claimed = [job_start(job_id=job.id, worker=HOSTNAME) for job in made]
+    assert all(claimed)
+    return [job for job in claimed if job is not None]
+
+
+def logging_failures(monkeypatch: Any, log: list[str], release_after: int) -> None:
+    """runner.job_fail, noting each failure in `log`; once `release_after` were written, the hung stream is let go
+    a moment later (from another thread: the runner may be waiting for it by then)."""
+    real_fail = runner.job_fail
+
+    def job_fail(**kwargs: Any) -> bool:
+        written = real_fail(**kwargs)
+        log.append(f"failed: {kwargs['code']}")
+        if sum(entry.startswith("failed") for entry in log) == release_after:
+            threading.Timer(0.3, TwoStreams.release.set).start()
+        return written
+
+    monkeypatch.setattr(runner, "job_fail", job_fail)
+
+
+def test_a_time_limit_during_streams_fails_the_jobs_then_waits_for_the_stream_it_interrupted(
+        make_job: Callable[[bytes], Job], monkeypatch: Any) -> None:
+    # Celery's soft time limit is a signal that raises in the worker's main thread, which here is waiting for
+    # the streams; the stream threads run on. The next job must not start beside them.
+    log: list[str] = []
+    monkeypatch.setattr(TwoStreams, "release", threading.Event(), raising=False)
+    monkeypatch.setattr(TwoStreams, "log", log, raising=False)
+    monkeypatch.setitem(handlers.HANDLERS, "echo", TwoStreams)
+    logging_failures(monkeypatch, log, release_after=2)
+    jobs = two_claimed_jobs(make_job)
+
+    def soft_time_limit(*_: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, soft_time_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        ended = runner.run_claimed(jobs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    log.append("the runner returned")
+
+    assert log == ["failed: timeout", "failed: timeout", "the stream ended", "the runner returned"]
+    assert ended == {str(job.id) for job in jobs}
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.status, job.error_code) == (JobStatus.FAILED, "timeout")
+
+
+def test_a_stream_that_raises_fails_the_batch_and_the_runner_waits_for_the_other_stream(
+        make_job: Callable[[bytes], Job], monkeypatch: Any) -> None:
+    class OneStreamBreaks(TwoStreams):
+        def predict(self, batch: torch.Tensor) -> torch.Tensor:
+            if int(batch[0, 0]) == len(b"quick!"):
+                raise RuntimeError("a model bug")
+            return super().predict(batch)
+
+    log: list[str] = []
+    monkeypatch.setattr(TwoStreams, "release", threading.Event(), raising=False)
+    monkeypatch.setattr(TwoStreams, "log", log, raising=False)
+    monkeypatch.setitem(handlers.HANDLERS, "echo", OneStreamBreaks)
+    logging_failures(monkeypatch, log, release_after=2)
+    # The broken stream first: the runner hears of it while the other stream still runs.
+    jobs = two_claimed_jobs(make_job, b"quick!", b"hang")
+
+    runner.run_claimed(jobs)
+    log.append("the runner returned")
+
+    assert log == ["failed: inference_error", "failed: inference_error", "the stream ended", "the runner returned"]
 
 
 def test_missing_stored_input_fails_with_input_missing(make_job: Callable[[bytes], Job], settings: Any) -> None:

@@ -7,7 +7,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +114,8 @@ class Handler(ABC):
         self.device = torch.device("cpu")
         # Side-by-side forward passes a batch runs as, each on threads/streams torch threads (see plan_streams).
         self.streams = 1
+        # The batch's work on this process's thread pools (side-by-side decoding, streams) until it is collected.
+        self._in_flight: list[Future[Any]] = []
 
     @abstractmethod
     def setup(self, device: torch.device) -> None:
@@ -160,7 +162,35 @@ class Handler(ABC):
         workers = min(len(inputs), self.threads())
         if not self.parallel_decode or workers <= 1:
             return [self.decode_one(item) for item in inputs]
-        return list(thread_pool("decode", workers).map(self.decode_one, inputs))
+        return self._side_by_side("decode", workers, self.decode_one, inputs)
+
+    def _side_by_side(self, pool: str, size: int, fn: Any, args: list[Any]) -> list[Any]:
+        """`fn` over `args` on this process's thread pool `pool`, results in order. Until all are collected the
+        futures stay in `_in_flight`, so that `settle` can wait for work a soft time limit left running."""
+        self._in_flight = [thread_pool(pool, size).submit(fn, arg) for arg in args]
+        results = [future.result() for future in self._in_flight]
+        self._in_flight = []
+        return results
+
+    def settle(self) -> None:
+        """Wait for whatever an interrupted batch left running on this process's threads; what has not started
+        yet is dropped.
+
+        A soft time limit interrupts the worker's main thread, not the streams or decoders it was waiting for:
+        they run on, and the next batch would share the cores (and queue for the pool's threads) with them, or,
+        behind a pass that never ends, wait forever, every job timing out in turn. The runner calls this once
+        it has failed the batch's jobs; should the work never end, the task's hard time limit replaces the
+        process, as it does for a single pass that hangs.
+        """
+        in_flight, self._in_flight = self._in_flight, []
+        if not in_flight:
+            return
+        for future in in_flight:
+            future.cancel()
+        if any(not future.done() for future in in_flight):
+            logger.warning("model %s:%s: waiting for %d thread(s) of a batch past its time limit", self.spec.name,
+                           self.spec.version, sum(not future.done() for future in in_flight))
+        wait(in_flight)
 
     def threads(self) -> int:
         """The torch threads this model's forward pass gets in this process."""
@@ -217,7 +247,7 @@ class Handler(ABC):
                 decoded = [self.decode_one(inputs[i]) for i in run]
             return self._forward(decoded, [outcomes[i] for i in run])
 
-        ran = sum(thread_pool("stream", streams).map(stream, split_evenly(len(inputs), streams)))
+        ran = sum(self._side_by_side("stream", streams, stream, split_evenly(len(inputs), streams)))
         for outcome in outcomes:
             if outcome.error is None:
                 outcome.batch_size = ran  # the batch the job ran in; inference_ms is its own stream's
