@@ -106,6 +106,9 @@ class Handler(ABC):
     """
 
     parallel_decode = False
+    # A batch's work on this process's thread pools (side-by-side decoding, streams) until it is collected (a
+    # class default too, so that a handler whose __init__ skips this one's still has it).
+    _in_flight: tuple[Future[Any], ...] = ()
     # Forward passes shorter than this are not worth cutting into streams (thread hand-offs would dominate).
     STREAMS_MIN_FORWARD_MS = 20.0
 
@@ -114,8 +117,6 @@ class Handler(ABC):
         self.device = torch.device("cpu")
         # Side-by-side forward passes a batch runs as, each on threads/streams torch threads (see plan_streams).
         self.streams = 1
-        # The batch's work on this process's thread pools (side-by-side decoding, streams) until it is collected.
-        self._in_flight: list[Future[Any]] = []
 
     @abstractmethod
     def setup(self, device: torch.device) -> None:
@@ -167,9 +168,9 @@ class Handler(ABC):
     def _side_by_side(self, pool: str, size: int, fn: Any, args: list[Any]) -> list[Any]:
         """`fn` over `args` on this process's thread pool `pool`, results in order. Until all are collected the
         futures stay in `_in_flight`, so that `settle` can wait for work a soft time limit left running."""
-        self._in_flight = [thread_pool(pool, size).submit(fn, arg) for arg in args]
+        self._in_flight = tuple(thread_pool(pool, size).submit(fn, arg) for arg in args)
         results = [future.result() for future in self._in_flight]
-        self._in_flight = []
+        self._in_flight = ()
         return results
 
     def settle(self) -> None:
@@ -182,13 +183,13 @@ class Handler(ABC):
         it has failed the batch's jobs; should the work never end, the task's hard time limit replaces the
         process, as it does for a single pass that hangs.
         """
-        in_flight, self._in_flight = self._in_flight, []
+        in_flight, self._in_flight = self._in_flight, ()
         if not in_flight:
             return
         for future in in_flight:
             future.cancel()
         if any(not future.done() for future in in_flight):
-            logger.warning("model %s:%s: waiting for %d thread(s) of a batch past its time limit", self.spec.name,
+            logger.warning("model %s:%s: waiting for %d thread(s) of an interrupted batch", self.spec.name,
                            self.spec.version, sum(not future.done() for future in in_flight))
         wait(in_flight)
 
