@@ -126,6 +126,9 @@ class TwoStreams(EchoHandler):
 
     release: threading.Event
     log: list[str]
+    # Seconds after the held stream starts that SIGALRM (the test's soft time limit) fires, if set: by then the
+    # main thread is waiting for the streams, as the worker's is when Celery's soft limit comes.
+    alarm_after: float | None = None
 
     def plan_streams(self, **_: Any) -> int:
         self.streams = 2
@@ -133,6 +136,8 @@ class TwoStreams(EchoHandler):
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         if int(batch[0, 0]) == len(b"hang"):
+            if self.alarm_after:
+                signal.setitimer(signal.ITIMER_REAL, self.alarm_after)
             assert self.release.wait(10), "the test never released the stream"
             self.log.append("the stream ended")
         return batch
@@ -175,7 +180,7 @@ def test_a_time_limit_during_streams_fails_the_jobs_then_waits_for_the_stream_it
         raise SoftTimeLimitExceeded()
 
     previous = signal.signal(signal.SIGALRM, soft_time_limit)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    monkeypatch.setattr(TwoStreams, "alarm_after", 0.1)
     try:
         ended = runner.run_claimed(jobs)
     finally:
