@@ -188,9 +188,10 @@ class Handler(ABC):
             return
         for future in in_flight:
             future.cancel()
-        if any(not future.done() for future in in_flight):
+        running = sum(not future.done() for future in in_flight)
+        if running:
             logger.warning("model %s:%s: waiting for %d thread(s) of an interrupted batch", self.spec.name,
-                           self.spec.version, sum(not future.done() for future in in_flight))
+                           self.spec.version, running)
         wait(in_flight)
 
     def threads(self) -> int:
