@@ -185,6 +185,9 @@ INFERQ_IDLE_TRIM_S = env_float("INFERQ_IDLE_TRIM_S", 10.0)
 # Dynamic batching: a worker runs queued jobs of one model as one forward pass (manifest batch_size,
 # batch_delay_ms). Off: one job per forward pass.
 INFERQ_BATCHING = env_bool("INFERQ_BATCHING", True)
+# After a full batch, a worker process goes on with the model's queued backlog, batch after batch, for up to this
+# many seconds under the same message (at most a quarter of the model's time limit); 0 hands back after one batch.
+INFERQ_BACKLOG_RUN_S = env_float("INFERQ_BACKLOG_RUN_S", 1.0)
 # Seconds a worker heartbeat stays valid; /readyz and /v1/models count workers seen within it.
 INFERQ_HEARTBEAT_TTL = env_int("INFERQ_HEARTBEAT_TTL", 30)
 

@@ -113,7 +113,8 @@ def test_the_task_takes_its_mates_messages_off_the_queue_it_came_from(echo_model
     assert result == {"batch_mates": mate_ids, "dequeued": mate_ids[:1]}
 
 
-def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any) -> None:
+def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any, settings: Any) -> None:
+    settings.INFERQ_BACKLOG_RUN_S = 0  # one batch per message
     set_batching(echo_model, batch_size=3)
     jobs = make_jobs([b"x" * (i + 1) for i in range(7)])
 
@@ -123,6 +124,95 @@ def test_batch_size_bounds_the_batch(echo_model: Path, make_jobs: Any) -> None:
     assert statuses.count(JobStatus.SUCCEEDED) == 3
     # The oldest jobs go first.
     assert statuses[:3] == [JobStatus.SUCCEEDED] * 3
+
+
+def counting_claims(monkeypatch: Any) -> list[int]:
+    """The number of jobs each claim of more jobs (a batch's mates, the backlog's batches) took, in order."""
+    claim, taken = runner.job_claim_queued, []
+
+    def counted(**kwargs: Any) -> list[Job]:
+        jobs = claim(**kwargs)
+        taken.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(runner, "job_claim_queued", counted)
+    return taken
+
+
+def test_after_a_full_batch_the_message_goes_on_with_the_backlog_batch_by_batch(echo_model: Path, make_jobs: Any,
+                                                                                monkeypatch: Any) -> None:
+    from tasks.inference import run
+
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([b"x" * (i + 1) for i in range(7)])
+    taken = counting_claims(monkeypatch)
+
+    result = run.run(job_id=str(jobs[0].id))
+
+    rows = [Job.objects.get(id=j.id) for j in jobs]
+    assert [r.status for r in rows] == [JobStatus.SUCCEEDED] * 7
+    # Each batch is its own forward pass of at most batch_size, the oldest jobs first; each job its own result.
+    assert [r.batch_size for r in rows] == [3, 3, 3, 3, 3, 3, 1]
+    assert [r.result["size"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert rows[0].started_at < rows[3].started_at < rows[6].started_at
+    # The batch's mates (2), then two batches from the backlog; none after the short one.
+    assert taken == [2, 3, 1]
+    # Every other job it ran is named, so the consumer ends their own messages without running them.
+    assert result == {"batch_mates": [str(j.id) for j in jobs[1:]]}
+
+
+def test_a_batch_that_is_not_full_runs_no_backlog(echo_model: Path, make_jobs: Any, monkeypatch: Any) -> None:
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([b"a", b"b"])
+    taken = counting_claims(monkeypatch)
+
+    assert runner.run_job(str(jobs[0].id)) == [str(jobs[1].id)]
+    assert taken == [1]
+
+
+def test_the_backlog_run_stops_before_a_batch_that_would_overrun_its_budget(echo_model: Path, make_jobs: Any,
+                                                                           monkeypatch: Any, settings: Any) -> None:
+    settings.INFERQ_BACKLOG_RUN_S = 1.0
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([f"input {i}".encode() for i in range(12)])
+    # Every batch takes 0.3 s on the runner's clock: 0.3, 0.6 and 0.9 s; a fourth would end at 1.2.
+    real, offset = time.monotonic, [0.0]
+    run_claimed = runner.run_claimed
+
+    def slow_batch(batch: list[Job]) -> set[str]:
+        offset[0] += 0.3
+        return run_claimed(batch)
+
+    monkeypatch.setattr(runner.time, "monotonic", lambda: real() + offset[0])
+    monkeypatch.setattr(runner, "run_claimed", slow_batch)
+
+    ran = runner.run_job(str(jobs[0].id))
+
+    statuses = [Job.objects.get(id=j.id).status for j in jobs]
+    assert statuses == [JobStatus.SUCCEEDED] * 9 + [JobStatus.QUEUED] * 3
+    assert ran == [str(j.id) for j in jobs[1:9]]
+
+
+def test_the_backlog_run_stops_at_the_most_jobs_one_message_names(echo_model: Path, make_jobs: Any,
+                                                                   monkeypatch: Any) -> None:
+    monkeypatch.setattr(runner, "MAX_RUN_JOBS", 7)
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([f"input {i}".encode() for i in range(10)])
+
+    assert runner.run_job(str(jobs[0].id)) == [str(j.id) for j in jobs[1:6]]
+    assert Job.objects.filter(status=JobStatus.QUEUED).count() == 4
+
+
+def test_the_backlog_budget_is_at_most_a_quarter_of_the_time_limit(echo_model: Path, settings: Any) -> None:
+    from dataclasses import replace
+
+    settings.INFERQ_BACKLOG_RUN_S = 1.0
+    spec = model_spec_get(name="echo")
+    assert runner.backlog_budget_s(replace(spec, timeout_s=2)) == 0.5
+    assert runner.backlog_budget_s(replace(spec, timeout_s=60)) == 1.0
+    # No limit in the manifest: the worker's own soft limit (celeryconfig's task_soft_time_limit, 300 s).
+    settings.INFERQ_BACKLOG_RUN_S = 500.0
+    assert runner.backlog_budget_s(replace(spec, timeout_s=None)) == 75.0
 
 
 def test_without_batching_only_the_message_job_runs(echo_model: Path, make_jobs: Any) -> None:
