@@ -14,10 +14,11 @@ and only when neither it nor OMP_WAIT_POLICY is set already: an operator's choic
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 SPIN_COUNT = "3000"
 
 
-def set_spin_default(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+def set_spin_default(environ: MutableMapping[str, str] = os.environ) -> None:
     if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ:
         environ["GOMP_SPINCOUNT"] = SPIN_COUNT

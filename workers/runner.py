@@ -65,17 +65,25 @@ def _run_job(job_id: str) -> list[str]:
     jobs = [job]
     # A job retried after its worker died runs alone: if its input is what kills workers,
     # it must not take innocent batch mates down with it again.
-    batching = job.attempts == 1 and settings.INFERQ_BATCHING
+    spec = batching_spec(job) if job.attempts == 1 and settings.INFERQ_BATCHING else None
     with lease.holding([job.id]):
-        if batching:
-            jobs += gather_batch(job, worker)
+        if spec is not None:
+            jobs += gather_batch(job, worker, spec)
         with lease.holding([j.id for j in jobs]):
             ended = run_claimed(jobs)
     # Only mates whose ending this run wrote: one whose lease ran out meanwhile has a new message to run.
     mates = [str(j.id) for j in jobs[1:] if str(j.id) in ended]
-    if batching:
-        mates += run_backlog(job, worker, first_batch=len(jobs), started=started)
+    if spec is not None:
+        mates += run_backlog(job, worker, spec, first_batch=len(jobs), started=started)
     return mates
+
+
+def batching_spec(job: Job) -> ModelSpec | None:
+    """The manifest that sizes the job's batch and backlog run, looked up once per message; None without one."""
+    try:
+        return get_store().get(job.model_name, job.model_version)
+    except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
+        return None
 
 
 def backlog_budget_s(spec: ModelSpec) -> float:
@@ -86,7 +94,7 @@ def backlog_budget_s(spec: ModelSpec) -> float:
     return min(budget, float(limit) / 4) if limit else budget
 
 
-def run_backlog(job: Job, worker: str, *, first_batch: int, started: float) -> list[str]:
+def run_backlog(job: Job, worker: str, spec: ModelSpec, *, first_batch: int, started: float) -> list[str]:
     """After a full batch, go on with the model's queued backlog, a batch at a time, under the same message.
 
     Each batch is claimed, run and written as the first was; the run stops at a batch that comes short (the
@@ -95,10 +103,6 @@ def run_backlog(job: Job, worker: str, *, first_batch: int, started: float) -> l
     handing the task back to Celery and waiting for the next message: with resnet50 on 2 cores that hand-off
     was 2-3 ms of an 8-image batch's 175 (docs/benchmarks.md). Returns the ids of the jobs whose ending it wrote.
     """
-    try:
-        spec = get_store().get(job.model_name, job.model_version)
-    except Exception:  # noqa: BLE001 - the first batch has reported a missing model on its jobs
-        return []
     size = spec.batch_size
     if size <= 1 or first_batch < size:
         return []
@@ -120,16 +124,12 @@ def run_backlog(job: Job, worker: str, *, first_batch: int, started: float) -> l
     return ran
 
 
-def gather_batch(job: Job, worker: str) -> list[Job]:
+def gather_batch(job: Job, worker: str, spec: ModelSpec) -> list[Job]:
     """More queued jobs for this model version, up to batch_size - 1.
 
     Takes what is queued now; only when that shows other jobs are arriving does it wait (at most
     batch_delay_ms) for the batch to fill, so a lone job never pays the delay.
     """
-    try:
-        spec = get_store().get(job.model_name, job.model_version)
-    except Exception:  # noqa: BLE001 - the runner reports a missing model on the job itself
-        return []
     wanted = spec.batch_size - 1
     if wanted <= 0 or job.others_queued is False:
         return []  # nobody else was queued for this model when the job was claimed: no need to look
