@@ -115,6 +115,11 @@ def job_key_used(*, user: AbstractBaseUser, idempotency_key: str) -> bool:
     return Job.objects.filter(owner=user, idempotency_key=idempotency_key).exists()
 
 
+def jobs_queued(*, model_names: list[str]) -> bool:
+    """Whether any of these models has a job waiting to run (a seek in the `job_queue` index: status, model)."""
+    return Job.objects.filter(status=JobStatus.QUEUED, model_name__in=model_names).exists()
+
+
 def queue_depth(model_name: str) -> int:
     return Job.objects.filter(model_name=model_name, status=JobStatus.QUEUED).count()
 

@@ -130,7 +130,7 @@ def on_worker_process_init(**kwargs: Any) -> None:
         pass  # already set in this process
     device = default_device()
     hostname = _worker["hostname"] or os.uname().nodename
-    runner.configure(device=device, hostname=hostname)
+    runner.configure(device=device, hostname=hostname, served=[spec.name for spec in _served])
     lease.start(hostname)
     for spec in _served:
         registry.load(spec, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from django.db import close_old_connections
 
 from api.events import job_events_together
 from api.models import Job
+from api.selectors import jobs_queued
 from api.services import job_claim_queued, job_fail, job_input_read, job_start, job_succeed
 from workers import idle, lease, registry
 from workers.handlers import InputError, Outcome
@@ -22,16 +24,18 @@ from workers.store import ModelSpec, get_store
 
 logger = logging.getLogger("inferq.worker")
 
-_state: dict[str, Any] = {"device": None, "hostname": socket.gethostname()}
+# served: the models this worker serves (workers/bootstrap.py), which a backlog run makes way for.
+_state: dict[str, Any] = {"device": None, "hostname": socket.gethostname(), "served": ()}
 # The most jobs one message runs, its own batch and the backlog's together: their ids go back in the task's
 # result, twice at most (run and taken off the queue), which the worker's consumer reads from its repr
 # (tasks/inference.py's RESULT_REPR_CHARS: about 1600 ids in all).
 MAX_RUN_JOBS = 512
 
 
-def configure(*, device: torch.device, hostname: str) -> None:
+def configure(*, device: torch.device, hostname: str, served: Iterable[str] = ()) -> None:
     _state["device"] = device
     _state["hostname"] = hostname
+    _state["served"] = tuple(served)
 
 
 def device() -> torch.device:
@@ -98,18 +102,24 @@ def run_backlog(job: Job, worker: str, spec: ModelSpec, *, first_batch: int, sta
     """After a full batch, go on with the model's queued backlog, a batch at a time, under the same message.
 
     Each batch is claimed, run and written as the first was; the run stops at a batch that comes short (the
-    backlog is gone), or before a batch that would take it past `backlog_budget_s` or past MAX_RUN_JOBS
-    (their ids go back in the task's result). Between two batches the process then spends one claim instead of
-    handing the task back to Celery and waiting for the next message: with resnet50 on 2 cores that hand-off
-    was 2-3 ms of an 8-image batch's 175 (docs/benchmarks.md). Returns the ids of the jobs whose ending it wrote.
+    backlog is gone), before a batch that would take it past `backlog_budget_s` or past MAX_RUN_JOBS (their
+    ids go back in the task's result), and as soon as another model this worker serves has a job queued: the
+    task then goes back to Celery, whose queues take turns, so that job waits for one batch, not for the
+    backlog. Between two batches the process spends one claim (and, serving several models, one indexed
+    look) instead of handing the task back and waiting for the next message: with resnet50 on 2 cores that
+    hand-off was 2-3 ms of an 8-image batch's 175 (docs/benchmarks.md). Returns the ids of the jobs whose
+    ending it wrote.
     """
     size = spec.batch_size
     if size <= 1 or first_batch < size:
         return []
     budget = backlog_budget_s(spec)
+    others = [name for name in _state["served"] if name != job.model_name]
     ran: list[str] = []
     last = time.monotonic() - started  # the first batch's time: the next one should take about as long
     while time.monotonic() - started + last <= budget and len(ran) + first_batch + size <= MAX_RUN_JOBS:
+        if others and jobs_queued(model_names=others):
+            break
         batch_started = time.monotonic()
         jobs = job_claim_queued(model_name=job.model_name, model_version=job.model_version, worker=worker,
                                 limit=size)

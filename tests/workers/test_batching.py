@@ -203,6 +203,35 @@ def test_the_backlog_run_stops_at_the_most_jobs_one_message_names(echo_model: Pa
     assert Job.objects.filter(status=JobStatus.QUEUED).count() == 4
 
 
+def queued_job_of(model: str, owner: Any) -> Job:
+    return Job.objects.create(owner=owner, model_name=model, model_version="1",
+                              input_content_type="application/octet-stream", status=JobStatus.QUEUED)
+
+
+@pytest.mark.parametrize("served", [("echo", "digits"), ("echo",)], ids=["served-here", "served-elsewhere"])
+def test_the_backlog_run_makes_way_for_another_model_this_worker_serves(echo_model: Path, make_jobs: Any,
+                                                                        monkeypatch: Any, user: Any,
+                                                                        served: tuple[str, ...]) -> None:
+    set_batching(echo_model, batch_size=3)
+    jobs = make_jobs([f"input {i}".encode() for i in range(7)])
+    queued_job_of("digits", user)
+    monkeypatch.setitem(runner._state, "served", served)
+    taken = counting_claims(monkeypatch)
+
+    ran = runner.run_job(str(jobs[0].id))
+
+    statuses = [Job.objects.get(id=j.id).status for j in jobs]
+    if served == ("echo",):
+        # Another worker's model: nothing here waits for the backlog, which runs to its end.
+        assert taken == [2, 3, 1]
+        assert statuses == [JobStatus.SUCCEEDED] * 7
+    else:
+        # A digits job waits in this worker's queues: its batch, then back to Celery, whose queues take turns.
+        assert taken == [2]
+        assert statuses == [JobStatus.SUCCEEDED] * 3 + [JobStatus.QUEUED] * 4
+        assert ran == [str(j.id) for j in jobs[1:3]]
+
+
 def test_the_backlog_budget_is_at_most_a_quarter_of_the_time_limit(echo_model: Path, settings: Any) -> None:
     from dataclasses import replace
 

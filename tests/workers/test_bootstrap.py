@@ -108,7 +108,10 @@ def test_an_unknown_model_in_inferq_models_fails_at_start(model_store: ModelStor
         served_models(model_store, [])
 
 
-def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any) -> None:
+def test_each_pool_process_starts_its_idle_trim_and_knows_the_models_it_serves(monkeypatch: Any,
+                                                                              settings: Any) -> None:
+    from types import SimpleNamespace
+
     import torch
 
     from workers import idle, lease, registry, runner
@@ -120,8 +123,8 @@ def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any)
     settings.INFERQ_IDLE_TRIM_S = 7
     monkeypatch.setattr(idle, "start", lambda seconds: (started.append(seconds), calls.append("idle")))
     monkeypatch.setattr(lease, "start", lambda hostname: None)
-    monkeypatch.setattr(registry, "load", lambda spec, device: calls.append(f"load {spec}"))
-    monkeypatch.setattr(bootstrap, "_served", ["m1", "m2"])
+    monkeypatch.setattr(registry, "load", lambda spec, device: calls.append(f"load {spec.name}"))
+    monkeypatch.setattr(bootstrap, "_served", [SimpleNamespace(name="m1"), SimpleNamespace(name="m2")])
     monkeypatch.setattr(bootstrap, "_threads", {"intra": 1})
     try:
         bootstrap.on_worker_process_init()
@@ -129,6 +132,7 @@ def test_each_pool_process_starts_its_idle_trim(monkeypatch: Any, settings: Any)
         torch.set_num_threads(threads)
     assert started == [7]
     assert calls == ["load m1", "load m2", "idle"]  # after the loads: their warm-up's memory is given back too
+    assert runner._state["served"] == ("m1", "m2")  # a backlog run makes way for the others' jobs (runner.py)
 
 
 def test_the_worker_parent_freezes_what_it_loaded_once_the_weights_are_mapped(monkeypatch: Any) -> None:
