@@ -153,7 +153,8 @@ def main() -> None:
     os.dup2(2, 1)  # whatever the measured code prints must not mix with the answers
     from project.openmp import set_spin_default
 
-    set_spin_default()  # the loop's OpenMP threads wait as a worker's do (tune_malloc: its allocator)
+    # The loop's OpenMP threads wait as a worker's do (as bench/limit.py tunes its allocator as a worker's).
+    set_spin_default()
     import torch  # noqa: F401 - imported once, before any fork: the baseline's parent "has torch imported"
 
     serve(Bench(Path(sys.argv[1])), sys.stdin, answers)
