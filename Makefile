@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Local runs (DEBUG off) get a secret key generated once into var/secret_key; production sets its own.
 export DJANGO_SECRET_KEY ?= $(shell $(PYTHON) scripts/local_secret.py)
 
-.PHONY: install run test test-unit test-integration lint token bench bench-quick bench-split bench-web clean
+.PHONY: install run test test-unit test-integration lint token bench bench-quick bench-split bench-web bench-pools clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-split: $(STAMP)
 
 bench-web: $(STAMP)
 	$(PY) -m bench.web
+
+bench-pools: $(STAMP)
+	$(PY) -m bench.pools
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick

@@ -17,8 +17,10 @@ from tests.integration.processes import BIN, Service, base_env, free_port, wait_
 
 @contextmanager
 def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1, threads: int | None = None,
-          web: bool = True, worker: bool = True, extra_env: dict[str, str] | None = None) -> Iterator[Service]:
-    """A running InferQ serving `models` from `store`; everything is stopped on exit."""
+          web: bool = True, worker: bool = True, extra_env: dict[str, str] | None = None,
+          worker_args: tuple[str, ...] = ()) -> Iterator[Service]:
+    """A running InferQ serving `models` from `store` (`worker_args`: more of `celery worker`'s options);
+    everything is stopped on exit."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     env = base_env(workdir, store)
@@ -45,7 +47,7 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
         # The worker and the web tier start first: neither touches the database until a request or a job comes,
         # and the schema and the token are made while they load (the worker's torch import is most of a start).
         if worker:
-            start_worker(svc, concurrency)
+            start_worker(svc, concurrency, *worker_args)
         if web:
             svc.start("web", [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"])
         svc.manage("migrate", "--verbosity", "0")
@@ -63,8 +65,8 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
         svc.stop("redis")
 
 
-def start_worker(svc: Service, concurrency: int) -> None:
-    svc.start_worker("worker", concurrency=concurrency, loglevel="WARNING")
+def start_worker(svc: Service, concurrency: int, *extra: str) -> None:
+    svc.start_worker("worker", *extra, concurrency=concurrency, loglevel="WARNING")
 
 
 def set_manifest(store: Path, name: str, **fields: object) -> None:

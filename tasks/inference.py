@@ -20,9 +20,12 @@ def run(self: Task, *, job_id: str, model: str | None = None) -> dict[str, Any] 
     whose own messages it took off the queue (`dequeued`): the worker's consumer ends the others' messages
     when they come (workers/consumer.py)."""
     from api.publish import task_dequeue
+    from workers import timelimit
     from workers.runner import run_job
 
-    mates = run_job(job_id)
+    # Prefork's pool enforces the time limits; under the solo pool the task does (workers/timelimit.py).
+    with timelimit.enforced(*timelimit.limits(self.request.timelimit, self.app.conf)):
+        mates = run_job(job_id)
     if not mates:
         return None
     # The queue this message came from holds the mates' messages too (one queue per model).

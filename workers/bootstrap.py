@@ -18,6 +18,7 @@ from typing import Any
 from celery import signals
 
 from project.heap import freeze_loaded
+from workers import timelimit
 from workers.malloc import tune_malloc
 
 logger = logging.getLogger("inferq.worker")
@@ -57,6 +58,12 @@ def auto_concurrency(specs: list[Any]) -> int:
     return max(1, available // max(1, wanted))
 
 
+def pool_name(pool_cls: Any) -> str:
+    """Celery's pool, by name ("prefork", "solo", "threads", …), whether the worker was given a name or a class."""
+    name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "").rsplit(".", 1)[-1]
+    return {"processes": "prefork", "thread": "threads"}.get(name, name)
+
+
 @signals.celeryd_init.connect
 def on_celeryd_init(options: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Note whether the pool size was left to InferQ (INFERQ_WORKER_CONCURRENCY unset or 0)."""
@@ -89,8 +96,15 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
             app.amqp.queues.select_add(spec.queue)
     _served[:] = specs
     _worker["hostname"] = sender.hostname
-    if _layout["auto"]:
+    pool = pool_name(sender.pool_cls)
+    if pool == "solo":
+        sender.concurrency = 1  # one task at a time, in this process: it gets every core's thread
+    elif _layout["auto"]:
         sender.concurrency = auto_concurrency(specs)  # the pool is built after this signal
+    if pool not in ("prefork", "solo"):
+        logger.warning("the %s pool enforces no time limits: a model that hangs holds its job and its slot "
+                       "until the worker is restarted (prefork or solo enforce them)", pool)
+    timelimit.note_worker_process()
 
     # Before anything large is allocated; the pool processes inherit it (workers/malloc.py).
     tune_malloc()
@@ -110,9 +124,9 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
     # Last before the pool forks: what the parent loaded goes out of the collector's walks, so that a pool
     # process's collections do not write to (and so copy) every page of it (project/heap.py).
     freeze_loaded()
-    logger.info("worker serves %s with %d process(es) x %d thread(s)",
+    logger.info("worker serves %s with %d process(es) x %d thread(s)%s",
                 ", ".join(f"{s.name}:{s.version}" for s in specs) or "no models",
-                sender.concurrency, threads)
+                sender.concurrency, threads, " (solo pool: the worker's own process)" if pool == "solo" else "")
 
 
 @signals.worker_process_init.connect

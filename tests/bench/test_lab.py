@@ -31,6 +31,7 @@ def test_forking_measurements_run_first_and_are_refused_after_an_in_process_one(
 
 def test_the_bench_process_itself_never_imports_torch() -> None:
     """(g) reads PSS, which splits torch's shared pages among every process that maps them."""
-    code = "import sys, bench.__main__, bench.split, bench.web; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, bench.__main__, bench.pools, bench.split, bench.web; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]

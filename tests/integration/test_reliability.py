@@ -182,6 +182,31 @@ def test_a_job_over_its_time_limit_fails_with_timeout_and_the_worker_carries_on(
     assert pid_alive(parent) and stack.procs["worker"].pid == parent
 
 
+def test_under_the_solo_pool_the_time_limit_holds_too_and_the_worker_carries_on(stack: Stack) -> None:
+    """`-P solo` runs each task in the worker's own process, where Celery enforces no time limit: the task
+    enforces the model's itself (workers/timelimit.py)."""
+    stack.stop("worker")
+    stack.start_worker("worker", "--pool=solo")
+    try:
+        stack.wait_worker_ready()
+        worker = stack.procs["worker"].pid
+        assert stack.worker_children() == []  # no pool processes: the tasks run in the worker itself
+        (slow,) = submit_all(stack, "echo", [b"sleep:8\nlonger than the model's 3 s, under solo"])
+
+        job = stack.wait_job(slow, timeout=60)
+
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "timeout"
+        assert job["attempts"] == 1
+        (after,) = submit_all(stack, "echo", [b"right after the timeout, under solo"])
+        assert stack.wait_job(after)["status"] == "succeeded"
+        assert pid_alive(worker) and stack.procs["worker"].pid == worker
+    finally:
+        stack.stop("worker")
+        stack.start_worker()
+        stack.wait_worker_ready()
+
+
 def test_a_job_running_while_redis_restarts_empty_still_completes(stack: Stack) -> None:
     bodies = [b"sleep:3\nrunning through the outage"]
     (job_id,) = submit_all(stack, "echo", bodies)

@@ -135,15 +135,14 @@ def test_each_pool_process_starts_its_idle_trim_and_knows_the_models_it_serves(m
     assert runner._state["served"] == ("m1", "m2")  # a backlog run makes way for the others' jobs (runner.py)
 
 
-def test_the_worker_parent_freezes_what_it_loaded_once_the_weights_are_mapped(monkeypatch: Any) -> None:
-    """The last step before the pool forks (tests/project/test_heap.py shows what it spares each child)."""
+def worker_parent(monkeypatch: Any, calls: list[str], **sender_fields: Any) -> Any:
+    """`on_worker_init`'s sender, a WorkController's stand-in, with the parent's heavy steps recorded in `calls`."""
     from types import SimpleNamespace
 
-    from workers import loading
+    from workers import loading, timelimit
 
-    calls: list[str] = []
     monkeypatch.setattr(bootstrap, "tune_malloc", lambda: None)  # not this test process's allocator
-    spec = SimpleNamespace(name="m", version="1", queue="inferq.model.m")
+    spec = SimpleNamespace(name="m", version="1", queue="inferq.model.m", threads=None)
     monkeypatch.setattr(bootstrap, "served_models", lambda store, consumed: [spec])
     monkeypatch.setattr(loading, "map_weights", lambda spec: calls.append(f"map {spec.name}"))
     monkeypatch.setattr(bootstrap, "freeze_loaded", lambda: calls.append("freeze") or 1)
@@ -151,11 +150,60 @@ def test_the_worker_parent_freezes_what_it_loaded_once_the_weights_are_mapped(mo
         monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
     monkeypatch.setattr(bootstrap, "_served", [])
     monkeypatch.setattr(bootstrap, "_layout", {"auto": False})
-    queues = SimpleNamespace(consume_from={}, select_add=lambda queue: None)
-    sender = SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)), hostname="w@h", concurrency=1)
     monkeypatch.setattr(bootstrap, "_worker", {})
     monkeypatch.setattr(bootstrap, "_threads", {})
+    monkeypatch.setattr(timelimit, "_worker", {"pid": 0})  # this test process is no worker's
+    queues = SimpleNamespace(consume_from={}, select_add=lambda queue: None)
+    fields = {"hostname": "w@h", "concurrency": 1, "pool_cls": "prefork", **sender_fields}
+    return SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)), **fields)
+
+
+def test_the_worker_parent_freezes_what_it_loaded_once_the_weights_are_mapped(monkeypatch: Any) -> None:
+    """The last step before the pool forks (tests/project/test_heap.py shows what it spares each child)."""
+    calls: list[str] = []
+    bootstrap.on_worker_init(sender=worker_parent(monkeypatch, calls))
+
+    assert calls == ["map m", "freeze"]
+
+
+@pytest.mark.parametrize(("pool_cls", "concurrency", "auto", "processes", "threads"), [
+    ("prefork", None, True, 1, 8),  # the model names no thread limit: one process with every core
+    ("prefork", 4, False, 4, 2),
+    ("solo", 8, False, 1, 8),  # the CLI's default concurrency (the cores) means nothing to the solo pool
+    ("solo", None, True, 1, 8),
+])
+def test_the_solo_pool_runs_one_task_with_every_core_and_is_told_it_runs_inline(
+        eight_cores: None, monkeypatch: Any, pool_cls: str, concurrency: int | None, auto: bool, processes: int,
+        threads: int) -> None:
+    from workers import timelimit
+
+    sender = worker_parent(monkeypatch, [], pool_cls=pool_cls, concurrency=concurrency)
+    bootstrap._layout["auto"] = auto
 
     bootstrap.on_worker_init(sender=sender)
 
-    assert calls == ["map m", "freeze"]
+    assert (sender.concurrency, bootstrap._threads["intra"]) == (processes, threads)
+    # The worker's own process is noted: under solo its tasks enforce their own time limits there.
+    assert timelimit._worker["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(("pool_cls", "name", "warned"), [
+    ("prefork", "prefork", False),
+    ("processes", "prefork", False),
+    ("solo", "solo", False),
+    ("threads", "threads", True),
+    ("gevent", "gevent", True),
+])
+def test_a_pool_that_enforces_no_time_limits_is_named_in_a_warning(
+        monkeypatch: Any, caplog: pytest.LogCaptureFixture, pool_cls: str, name: str, warned: bool) -> None:
+    import logging
+
+    from celery.concurrency import get_implementation
+
+    assert bootstrap.pool_name(pool_cls) == name
+    if pool_cls in ("prefork", "solo", "threads"):
+        assert bootstrap.pool_name(get_implementation(pool_cls)) == name  # given as a class, as Celery may
+    with caplog.at_level(logging.WARNING, logger="inferq.worker"):
+        bootstrap.on_worker_init(sender=worker_parent(monkeypatch, [], pool_cls=pool_cls))
+
+    assert ("enforces no time limits" in caplog.text) is warned

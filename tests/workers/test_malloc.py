@@ -116,8 +116,12 @@ def test_the_worker_tunes_its_parent_before_forking_the_pool(monkeypatch: pytest
         app = App
         hostname = "w@test"
         concurrency = 1
+        pool_cls = "prefork"
 
     # What the signal handler changes in this process, put back after the test.
+    from workers import timelimit
+
+    monkeypatch.setattr(timelimit, "_worker", {"pid": 0})
     monkeypatch.setattr(bootstrap, "_layout", {"auto": False})
     monkeypatch.setattr(bootstrap, "_served", [])
     monkeypatch.setattr(bootstrap, "_worker", dict(bootstrap._worker))
