@@ -138,11 +138,12 @@ def test_kill_9_of_the_whole_worker_mid_run_loses_no_job(stack: Stack) -> None:
     bodies = payloads("whole", RUN)
     ids = submit_all(stack, "echo", bodies)
     wait_until(lambda: succeeded_so_far(stack, ids) >= RUN * 0.3, 90, "30% done", [stack.log("worker")])
-    # Kill while a batch runs, not in the few milliseconds between batches when the pool only skips the
-    # messages of jobs already taken into a batch (a kill there has nothing running to retry).
-    wait_until(lambda: running_logged(stack, ids), 30, "a job running", [stack.log("worker")])
     killed = stack.procs["worker"].pid
     old = {j["worker"] for j in stack.jobs(ids).values() if j["status"] == "succeeded"}
+    # Kill while a batch runs, not in the few milliseconds between batches when the pool only skips the
+    # messages of jobs already taken into a batch (a kill there has nothing running to retry): right after a
+    # job is seen running, with nothing in between (reading 300 jobs' states there once let the batch end).
+    wait_until(lambda: running_logged(stack, ids), 30, "a job running", [stack.log("worker")])
 
     stack.stop("worker", signal.SIGKILL)  # the whole process group: the parent and its pool
     stack.start_worker()
