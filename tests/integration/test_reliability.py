@@ -156,56 +156,55 @@ def test_kill_9_of_the_whole_worker_mid_run_loses_no_job(stack: Stack) -> None:
     assert any(j["worker"] not in old for j in retried)
 
 
+def assert_it_fails_and_the_next_job_runs(stack: Stack, body: bytes, *, code: str, attempts: int,
+                                          timeout: float) -> None:
+    """`body` submitted alone fails with `code` after `attempts` tries, and a job submitted after it succeeds."""
+    (job_id,) = submit_all(stack, "echo", [body])
+
+    job = stack.wait_job(job_id, timeout=timeout)
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == code
+    assert job["attempts"] == attempts
+    (after,) = submit_all(stack, "echo", [b"right after " + body.split(b"\n")[-1]])
+    assert stack.wait_job(after)["status"] == "succeeded"
+
+
 def test_an_input_that_kills_its_worker_fails_worker_lost_after_three_tries(stack: Stack) -> None:
-    (job_id,) = submit_all(stack, "echo", [b"crash: this input takes its worker process down"])
-
-    job = stack.wait_job(job_id, timeout=90)
-
-    assert job["status"] == "failed", job
-    assert job["error"]["code"] == "worker_lost"
-    assert job["attempts"] == 3
-    # The worker survived all three: the next job runs.
-    (after,) = submit_all(stack, "echo", [b"after the crashes"])
-    assert stack.wait_job(after)["status"] == "succeeded"
+    # The worker survives all three: the next job runs.
+    assert_it_fails_and_the_next_job_runs(stack, b"crash: this input takes its worker process down",
+                                          code="worker_lost", attempts=3, timeout=90)
 
 
-def test_a_job_over_its_time_limit_fails_with_timeout_and_the_worker_carries_on(stack: Stack) -> None:
-    parent = stack.procs["worker"].pid
-    (slow,) = submit_all(stack, "echo", [b"sleep:8\nlonger than the model's 3 s"])
-
-    job = stack.wait_job(slow, timeout=60)
-
-    assert job["status"] == "failed", job
-    assert job["error"]["code"] == "timeout"
-    assert job["attempts"] == 1
-    (after,) = submit_all(stack, "echo", [b"right after the timeout"])
-    assert stack.wait_job(after)["status"] == "succeeded"
-    assert pid_alive(parent) and stack.procs["worker"].pid == parent
-
-
-def test_under_the_solo_pool_the_time_limit_holds_too_and_the_worker_carries_on(stack: Stack) -> None:
-    """`-P solo` runs each task in the worker's own process, where Celery enforces no time limit: the task
-    enforces the model's itself (workers/timelimit.py)."""
+@contextmanager
+def worker_with(stack: Stack, *options: str) -> Iterator[None]:
+    """The stack's worker restarted with more `celery worker` options for the block, then as it was."""
+    if not options:
+        yield
+        return
     stack.stop("worker")
-    stack.start_worker("worker", "--pool=solo")
+    stack.start_worker("worker", *options)
     try:
         stack.wait_worker_ready()
-        worker = stack.procs["worker"].pid
-        assert stack.worker_children() == []  # no pool processes: the tasks run in the worker itself
-        (slow,) = submit_all(stack, "echo", [b"sleep:8\nlonger than the model's 3 s, under solo"])
-
-        job = stack.wait_job(slow, timeout=60)
-
-        assert job["status"] == "failed", job
-        assert job["error"]["code"] == "timeout"
-        assert job["attempts"] == 1
-        (after,) = submit_all(stack, "echo", [b"right after the timeout, under solo"])
-        assert stack.wait_job(after)["status"] == "succeeded"
-        assert pid_alive(worker) and stack.procs["worker"].pid == worker
+        yield
     finally:
         stack.stop("worker")
         stack.start_worker()
         stack.wait_worker_ready()
+
+
+# Under the solo pool each task runs in the worker's own process, where Celery enforces no time limit: the task
+# enforces the model's itself there (workers/timelimit.py).
+@pytest.mark.parametrize("pool", [(), ("--pool=solo",)], ids=["prefork", "solo"])
+def test_a_job_over_its_time_limit_fails_with_timeout_and_the_worker_carries_on(stack: Stack,
+                                                                                pool: tuple[str, ...]) -> None:
+    with worker_with(stack, *pool):
+        parent = stack.procs["worker"].pid
+        # Under solo there are no pool processes: the tasks run in the worker itself.
+        assert (stack.worker_children() == []) is bool(pool)
+        assert_it_fails_and_the_next_job_runs(stack, b"sleep:8\nlonger than the model's 3 s", code="timeout",
+                                              attempts=1, timeout=60)
+        assert pid_alive(parent) and stack.procs["worker"].pid == parent
 
 
 def test_a_job_running_while_redis_restarts_empty_still_completes(stack: Stack) -> None:
