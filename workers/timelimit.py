@@ -16,7 +16,7 @@ So, when a task runs in the worker's own process (its main thread), `enforced` d
 
 Why run solo at all: the hop from Celery's consumer to a pool process and back is a good part of a small
 model's round trip: `make bench-pools` (one client on digits, prefork and solo side by side) put solo's p50
-0.6-1.1 ms lower, in eight or nine turns of ten (README, *Processes × threads*). What it gives up is the pool's master:
+0.5-1.1 ms lower, in eight or nine turns of ten (README, *Processes × threads*). What it gives up is the pool's master:
 a model that crashes its process takes the whole worker down instead of one pool process the master
 replaces, and the consumer answers Flower and `celery inspect` only between tasks. Prefork stays the default.
 """
