@@ -160,6 +160,11 @@ class Service:
     def ready(self) -> bool:
         return requests.get(f"{self.base}/readyz", timeout=5).status_code == 200
 
+    def web_processes(self) -> list[int]:
+        """The uWSGI master's worker processes."""
+        master = self.procs["web"].pid
+        return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
 
 
 def base_env(workdir: Path, store: Path) -> dict[str, str]:

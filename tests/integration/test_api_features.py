@@ -132,16 +132,10 @@ def parked(service: Service) -> Iterator[str]:
         shutil.rmtree(service.store / "parked")
 
 
-def web_processes(service: Service) -> list[int]:
-    """The uWSGI master's worker processes."""
-    master = service.procs["web"].pid
-    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-
-
 def web_cpu_seconds(service: Service) -> float:
     """User + system CPU of the uWSGI master and its workers (children), from /proc."""
     total = 0
-    for pid in [service.procs["web"].pid, *web_processes(service)]:
+    for pid in [service.procs["web"].pid, *service.web_processes()]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
@@ -182,7 +176,7 @@ def test_held_waits_cost_no_cpu_and_never_starve_submissions(service: Service, p
         requests.post(f"{service.base}/v1/jobs/{job_id}/cancel", headers=service.headers, timeout=10)
     # Each web process lends INFERQ_WAIT_SLOTS threads (here 2 processes x 3): that many waits are held,
     # the rest answered at once.
-    slots = len(web_processes(service)) * settings.INFERQ_WAIT_SLOTS
+    slots = len(service.web_processes()) * settings.INFERQ_WAIT_SLOTS
     assert len(held) == min(slots, len(jobs)) and len(answered_at_once) == len(jobs) - len(held)
     assert max(submit_times) < 3.0
     assert quiet_cpu < 0.1  # a sleep-polling wait (12 waiters re-reading the database) would show here

