@@ -2,7 +2,8 @@
 
 (a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores (as one
     forward pass per batch on every thread, or as one single-thread pass per core side by side over its
-    shares, the two ways the worker may run a batch: whichever is faster here), measured before, between
+    shares, the two ways the worker may run a batch: whichever is faster here; a single-thread layout with its
+    1x1 convolutions where PyTorch puts them or on oneDNN, the faster, as the worker chooses at load), measured before, between
     and after five turns of (b) (the host drifts over minutes; each (b) is compared with
     the mean of the limit on either side of it, and the median of the five ratios is reported)
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
@@ -227,8 +228,8 @@ def main() -> int:
             log(f"(c) one process per job, {big_model}")
             base_rate = lab("baseline", model=big_model, images=n_base, size=wh)["images_per_s"]
             log(f"(a) in-process limit, {main_model}")
-            per_core_rate = lab("per_core", model=main_model, images=n_main // 2, batch=4 if not quick else 2,
-                                size=wh)["images_per_s"]
+            per_core = lab("per_core", model=main_model, images=n_main // 2, batch=4 if not quick else 2, size=wh)
+            per_core_rate = per_core["images_per_s"]
             limit = lab("limit", model=main_model, images=n_main, batch_sizes=[1, 4] if quick else [1, 4, 8],
                         threads=CORES, streams=[1, CORES], size=wh)
             best, limit_rate = max(limit["rates"].items(), key=lambda kv: kv[1])
@@ -253,11 +254,12 @@ def main() -> int:
                     sent = len(images) + min(len(images), CLIENTS)
                     results["b_cpu"] = cpu_ms_per_image(groups, before, sent)
                 results["a_rounds"].append(lab("limit", model=main_model, images=n_main, batch_sizes=[best_bs],
-                                               threads=CORES, streams=[best_streams], size=wh)["rates"][best])
+                                               threads=CORES, streams=[best_streams], size=wh,
+                                               onednn_1x1=limit["onednn_1x1"])["rates"][best])
                 results["one_pass_rounds"].append(
                     results["a_rounds"][-1] if one_pass == best else
                     lab("limit", model=main_model, images=n_main, batch_sizes=[layout_of(one_pass)[0]],
-                        threads=CORES, size=wh)["rates"][one_pass])
+                        threads=CORES, size=wh, onednn_1x1=limit["onednn_1x1"])["rates"][one_pass])
             # The closed loops and the job-by-job collection once each (a turn each took a minute on a slow host).
             results["b_loop"] = throughput(svc, main_model, images, CLIENTS)
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
@@ -326,11 +328,14 @@ def main() -> int:
     submit_errors = sum(api["submit_errors"])
     rows += [
         ("(a) limit: in-process loop", f"{main_model}, batch {best_bs}, {limit['threads']} threads"
-         + (f" as {best_streams} streams" if best_streams > 1 else " in one pass"),
+         + (f" as {best_streams} streams" if best_streams > 1 else " in one pass")
+         + (", 1x1 convolutions on oneDNN" if limit["onednn_1x1"].get(best) else ""),
          " / ".join(f"{a:.2f}" for a in a_rounds) + " img/s", f"before, between and after (b); mean {limit_mean:.2f}"),
         ("    every layout tried first", "batch size[:streams]",
-         ", ".join(f"{key} {rate:.2f}" for key, rate in limit["rates"].items()), ""),
-        ("    side by side, 1 thread each", f"{main_model}, batch {4 if not quick else 2}, {CORES} loops",
+         ", ".join(f"{key}{'+oneDNN 1x1' if limit['onednn_1x1'].get(key) else ''} {rate:.2f}"
+                   for key, rate in limit["rates"].items()), ""),
+        ("    side by side, 1 thread each", f"{main_model}, batch {4 if not quick else 2}, {CORES} loops"
+         + (", 1x1 convolutions on oneDNN" if per_core["onednn_1x1"] else ""),
          f"{per_core_rate:.2f} img/s", ""),
         ("(b) InferQ end to end (HTTP)", f"{main_model}, default config, all submitted, then collected",
          f"{b_rate:.2f} img/s", f"(b)/(a) = {b_ratio:.3f}  [target >= 0.95]; rounds "

@@ -89,7 +89,9 @@ class Bench:
 
     def per_core(self, model: str, images: int, batch: int, size: list[int]) -> dict[str, Any]:
         """One single-thread loop per core, all at once: all their images over the wall-clock span from the
-        first loop's start to the last one's end (so a loop running alone at the end counts no extra)."""
+        first loop's start to the last one's end (so a loop running alone at the end counts no extra). Each
+        loop runs with the 1x1 convolutions where PyTorch puts them, then on oneDNN (workers/conv1x1.py),
+        and the faster of the two counts."""
         self._fork_ok("per_core")
         ctx = mp.get_context("fork")
         results: mp.Queue = ctx.Queue()
@@ -100,17 +102,23 @@ class Bench:
         runs = [results.get(timeout=600) for _ in procs]
         for proc in procs:
             proc.join()
-        span = max(r["finished"] for r in runs) - min(r["started"] for r in runs)
-        return {"images_per_s": images * len(runs) / span, "loops": len(runs)}
+        rates = {}
+        for onednn in {onednn for run in runs for onednn in run}:
+            same = [run[onednn] for run in runs if onednn in run]
+            span = max(r["finished"] for r in same) - min(r["started"] for r in same)
+            rates[onednn] = images * len(same) / span
+        onednn = max(rates, key=rates.__getitem__)
+        return {"images_per_s": rates[onednn], "loops": len(runs), "onednn_1x1": onednn}
 
     def limit(self, model: str, images: int, batch_sizes: list[int], threads: int, size: list[int],
-              streams: list[int] | None = None, latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
+              streams: list[int] | None = None, latency: int = 0, gap_ms: float = 0.0,
+              onednn_1x1: dict[str, bool] | None = None) -> dict[str, Any]:
         from bench.limit import inputs_for, load, measure
 
         self.computed = True
         return measure(load(self.store, model), inputs_for(model, images, (size[0], size[1])),
                        batch_sizes=batch_sizes, threads=threads, streams=tuple(streams or (1,)), latency=latency,
-                       gap_ms=gap_ms)
+                       gap_ms=gap_ms, onednn_1x1=onednn_1x1)
 
 
 def _export(store: Path, architectures: list[str]) -> None:
@@ -126,9 +134,13 @@ def _export(store: Path, architectures: list[str]) -> None:
 
 def _one_loop(store: Path, model: str, images: int, batch: int, size: list[int], results: mp.Queue) -> None:
     from bench.limit import inputs_for, load, measure
+    from workers import conv1x1
 
-    results.put(measure(load(store, model), inputs_for(model, images, (size[0], size[1])), batch_sizes=[batch],
-                        threads=1))
+    handler = load(store, model)
+    items = inputs_for(model, images, (size[0], size[1]))
+    routings = [False, True] if conv1x1.route(handler.torch_module(), False) else [False]
+    results.put({onednn: measure(handler, items, batch_sizes=[batch], threads=1,
+                                 onednn_1x1={str(batch): onednn}) for onednn in routings})
 
 
 OPS = ("export", "baseline", "per_core", "limit")

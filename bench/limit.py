@@ -22,6 +22,7 @@ import torch
 
 from bench.images import photos
 from bench.layout import layout_key
+from workers import conv1x1
 from workers.digits import holdout_pngs
 from workers.handlers import Handler, get_handler
 from workers.malloc import tune_malloc
@@ -51,24 +52,38 @@ def load(store: Path, model: str) -> Handler:
 
 
 def measure(handler: Handler, items: list[tuple[bytes, str]], *, batch_sizes: list[int], threads: int,
-            streams: tuple[int, ...] = (1,), latency: int = 0, gap_ms: float = 0.0) -> dict[str, Any]:
+            streams: tuple[int, ...] = (1,), latency: int = 0, gap_ms: float = 0.0,
+            onednn_1x1: dict[str, bool] | None = None) -> dict[str, Any]:
     """images/s (and CPU ms per image) per batch size and layout over `items` with `threads` torch threads (one
     forward pass per batch, or `streams` side-by-side passes over its shares, as the worker may run it; see
-    `Handler.plan_streams`), then `latency` single calls."""
+    `Handler.plan_streams`), then `latency` single calls. A layout whose passes run on one thread is measured
+    with its 1x1 convolutions where PyTorch puts them and on oneDNN (workers/conv1x1.py), and the faster
+    counts (`onednn_1x1` per layout: measured only as given)."""
     torch.set_num_threads(threads)
-    out: dict[str, Any] = {"threads": threads, "rates": {}, "cpu_ms_per_item": {}}
+    module = handler.torch_module()
+    out: dict[str, Any] = {"threads": threads, "rates": {}, "cpu_ms_per_item": {}, "onednn_1x1": {}}
     for bs in batch_sizes:
         for count in sorted({s for s in streams if 1 <= s <= min(bs, threads)}):
             key, handler.streams = layout_key(bs, count), count
-            handler.run_batch(items[:bs])  # warm this shape
-            out["started"] = time.time()
-            started, cpu = time.perf_counter(), os.times()
-            for i in range(0, len(items), bs):
-                handler.run_batch(items[i:i + bs])
-            out["rates"][key] = len(items) / (time.perf_counter() - started)
-            done = os.times()
-            out["cpu_ms_per_item"][key] = (done.user + done.system - cpu.user - cpu.system) * 1000 / len(items)
-            out["finished"] = time.time()
+            routings = [False]
+            if onednn_1x1 is not None and key in onednn_1x1:
+                routings = [onednn_1x1[key]]
+            elif threads // count == 1 and conv1x1.route(module, False):
+                routings = [False, True]
+            for onednn in routings:
+                conv1x1.route(module, onednn)
+                handler.run_batch(items[:bs])  # warm this shape
+                out["started"] = time.time()
+                started, cpu = time.perf_counter(), os.times()
+                for i in range(0, len(items), bs):
+                    handler.run_batch(items[i:i + bs])
+                rate = len(items) / (time.perf_counter() - started)
+                done = os.times()
+                if rate > out["rates"].get(key, 0.0):
+                    out["rates"][key], out["onednn_1x1"][key] = rate, onednn
+                    out["cpu_ms_per_item"][key] = (done.user + done.system - cpu.user - cpu.system) * 1000 / len(items)
+                out["finished"] = time.time()
+    conv1x1.route(module, False)
     handler.streams = 1
     if latency:
         times = []

@@ -24,6 +24,7 @@ def load(spec: ModelSpec, device: torch.device, *, warm: bool = True) -> Handler
         if warm:
             handler.warmup()
             handler.plan_streams()
+            handler.plan_conv1x1()
         _LOADED[key] = handler
         logger.info("loaded model %s:%s (%s, %s) on %s in %.0f ms", spec.name, spec.version, spec.handler,
                     spec.architecture or "-", device, (time.perf_counter() - started) * 1000.0)

@@ -18,6 +18,7 @@ def test_forking_measurements_run_first_and_are_refused_after_an_in_process_one(
     with Lab(digits_store) as lab:
         per_core = lab("per_core", model="digits", images=8, batch=2, size=[8, 8])
         assert per_core["loops"] == len(os.sched_getaffinity(0)) and per_core["images_per_s"] > 0
+        assert per_core["onednn_1x1"] is False  # an MLP: no 1x1 convolution to route
         limit = lab("limit", model="digits", images=8, batch_sizes=[1, 4], threads=1, size=[8, 8], latency=3)
         assert set(limit["rates"]) == {"1", "4"} and limit["latency_ms"]["p50"] > 0
         with pytest.raises(RuntimeError, match="must run before any in-process measurement"):

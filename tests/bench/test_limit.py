@@ -56,3 +56,32 @@ def test_the_reference_call_idles_as_long_as_the_pool_process_does_between_jobs(
     assert model_idle_ms(latencies, pool_cpu_s) == pytest.approx(2.1)
     assert model_idle_ms(latencies, 0.0) == pytest.approx(3.3)
     assert model_idle_ms(latencies, 1.0) == 0.0  # a pool busier than the requests took never idles less than 0
+
+
+def test_a_single_thread_layout_is_measured_both_ways_and_the_faster_counts() -> None:
+    """Where a layout's passes run on one thread the limit measures its 1x1 convolutions where PyTorch puts them
+    and on oneDNN (workers/conv1x1.py) and counts the faster, as the worker chooses at load; a layout on two
+    threads, where PyTorch picks oneDNN itself, once. A given choice is measured alone."""
+    import torch
+
+    from tests.workers.test_conv1x1 import Timed
+    from tests.workers.test_streams import spec
+    from workers import conv1x1
+
+    before = torch.get_num_threads()
+    try:
+        handler = Timed(spec(batch_size=4), {False: 10.0, True: 5.0})
+        items = [(b"x", "x")] * 8
+        out = limit.measure(handler, items, batch_sizes=[4], threads=2, streams=(1, 2))
+        assert out["onednn_1x1"] == {"4": False, "4:2": True}
+        passes = [(threads, routed) for _, threads, _, routed in handler.calls]
+        assert passes.count((2, False)) == 3  # "4": a warm-up and two batches, once
+        assert passes.count((1, False)) == passes.count((1, True)) == 6  # "4:2": three batches of two streams each way
+        assert not conv1x1.routed(handler.module)  # left as it found it
+
+        handler.calls.clear()
+        out = limit.measure(handler, items, batch_sizes=[4], threads=2, streams=(2,), onednn_1x1={"4:2": False})
+        assert out["onednn_1x1"] == {"4:2": False}
+        assert {routed for *_, routed in handler.calls} == {False}
+    finally:
+        torch.set_num_threads(before)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from workers import conv1x1
 from workers.store import ModelSpec
 
 logger = logging.getLogger("inferq.worker")
@@ -76,6 +77,14 @@ def configured_streams(spec: ModelSpec) -> int | None:
     if not configured.isdigit():
         raise ValueError(f"INFERQ_STREAMS must be a whole number of streams or 'auto', not {configured!r}")
     return int(configured)
+
+
+def configured_conv1x1() -> str:
+    """INFERQ_CONV1X1: `auto` (measured at load, `Handler.plan_conv1x1`), `onednn` or `native`."""
+    configured = os.environ.get("INFERQ_CONV1X1", "").strip().lower() or "auto"
+    if configured not in conv1x1.MODES:
+        raise ValueError(f"INFERQ_CONV1X1 must be one of {', '.join(conv1x1.MODES)}, not {configured!r}")
+    return configured
 
 
 class InputError(Exception):
@@ -308,3 +317,67 @@ class Handler(ABC):
                     "%.0f ms as %d single-thread streams", self.spec.name, self.spec.version, self.streams,
                     items, whole_ms, threads, streams_ms, threads)
         return self.streams
+
+    def torch_module(self) -> torch.nn.Module | None:
+        """The handler's model as an `nn.Module` (its `module`), if it has one."""
+        module = getattr(self, "module", None)
+        return module if isinstance(module, torch.nn.Module) else None
+
+    def pass_threads(self) -> int:
+        """The torch threads each forward pass of a full batch runs on (after `plan_streams`)."""
+        return max(1, self.threads() // max(1, self.streams))
+
+    def plan_conv1x1(self, *, repeats: int = 2, max_items: int = 8, budget_s: float = 3.0,
+                     prefer_below: float = 0.98) -> bool:
+        """Whether this model's 1x1 convolutions run on oneDNN in its single-thread passes (workers/conv1x1.py):
+        INFERQ_CONV1X1 (`onednn`, `native`), else measured here, once, at load, after `plan_streams`: its
+        passes as they run a full batch (side by side when it runs streams; each on a share of the batch, at
+        most `max_items` samples) with the 1x1 convolutions where PyTorch puts them against on oneDNN, the
+        fastest of up to `repeats` interleaved tries each (one, past `budget_s`). oneDNN is kept only when at
+        least 2% faster. Only on the CPU, for a module with such convolutions whose passes run on one thread (on
+        more, PyTorch runs them on oneDNN itself), and passes of 20 ms or more.
+        """
+        module = self.torch_module()
+        mode = configured_conv1x1()
+        if self.device.type != "cpu" or not conv1x1.route(module, False):
+            return False
+        if mode != "auto":
+            conv1x1.route(module, mode == "onednn")
+            return mode == "onednn"
+        if self.pass_threads() != 1:
+            return False
+        streams = max(1, self.streams)
+        items = min(max_items, -(-max(1, self.spec.batch_size) // streams))
+        example = self.example_input()
+        share = example.unsqueeze(0).expand(items, *example.shape).contiguous().to(self.device)
+
+        def one_pass(_: int = 0) -> None:
+            own_threads(1)
+            with torch.inference_mode():
+                self.predict(share)
+
+        def passes() -> None:
+            if streams > 1:
+                list(thread_pool("stream", streams).map(one_pass, range(streams)))
+            else:
+                with threads_at_most(1), torch.inference_mode():
+                    self.predict(share)
+
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        began = time.perf_counter()
+        for attempt in range(repeats + 1):
+            if attempt > 1 and time.perf_counter() - began > budget_s:
+                break
+            for onednn in (False, True):
+                conv1x1.route(module, onednn)
+                started = time.perf_counter()
+                passes()
+                if attempt:  # the first of each warms its kernels
+                    timings[onednn].append((time.perf_counter() - started) * 1000.0)
+        native_ms, onednn_ms = min(timings[False]), min(timings[True])
+        chosen = native_ms >= self.STREAMS_MIN_FORWARD_MS and onednn_ms <= native_ms * prefer_below
+        conv1x1.route(module, chosen)
+        logger.info("model %s:%s runs the 1x1 convolutions of its single-thread passes on %s: %d x %d inputs in "
+                    "%.0f ms as PyTorch picks, %.0f ms on oneDNN", self.spec.name, self.spec.version,
+                    "oneDNN" if chosen else "PyTorch's choice", streams, items, native_ms, onednn_ms)
+        return chosen
