@@ -2,9 +2,9 @@
 
 (a) the limit: decode + preprocess + forward in one in-process loop, best batch size, all cores (as one
     forward pass per batch on every thread, or as one single-thread pass per core side by side over its
-    shares, the two ways the worker may run a batch: whichever is faster here; a single-thread layout with its
-    1x1 convolutions where PyTorch puts them or on oneDNN, the faster, as the worker chooses at load), measured before, between
-    and after five turns of (b) (the host drifts over minutes; each (b) is compared with
+    shares, the two ways the worker may run a batch: whichever is faster here; a single-thread layout with
+    its 1x1 convolutions where PyTorch puts them or on oneDNN, the faster, as the worker chooses at load),
+    measured before, between and after five turns of (b) (the host drifts over minutes; each (b) is compared with
     the mean of the limit on either side of it, and the median of the five ratios is reported)
     (and, for reference, one single-thread loop per core side by side: the layout for small models)
 (b) InferQ end to end over HTTP on the same images and model file, default configuration

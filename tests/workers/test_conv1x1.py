@@ -140,9 +140,9 @@ def test_one_single_thread_process_measures_its_passes_at_load(auto: None, ms: d
     finally:
         torch.set_num_threads(before)
     assert conv1x1.routed(handler.module) is expected
-    # One pass of a whole batch on one thread, each way: a warm-up and two tries, interleaved.
+    # One pass of a whole batch on one thread, each way: a warm-up and three tries, interleaved.
     assert [(threads, samples, routed) for _, threads, samples, routed in handler.calls] == \
-           [(1, 4, False), (1, 4, True)] * 3
+           [(1, 4, False), (1, 4, True)] * 4
 
 
 def test_streams_are_measured_side_by_side_on_their_share_of_a_batch(auto: None, two_threads: None) -> None:
@@ -151,7 +151,7 @@ def test_streams_are_measured_side_by_side_on_their_share_of_a_batch(auto: None,
     assert handler.plan_conv1x1() is True
     # Each try: two single-thread passes of 4 at once, on two threads.
     assert {(threads, samples) for _, threads, samples, _ in handler.calls} == {(1, 4)}
-    assert len(handler.calls) == 12 and len({thread for thread, *_ in handler.calls}) == 2
+    assert len(handler.calls) == 16 and len({thread for thread, *_ in handler.calls}) == 2
     assert torch.get_num_threads() == 2  # the calling thread keeps its own
 
 
@@ -209,3 +209,33 @@ def test_a_loaded_model_has_its_convolutions_planned_after_its_streams(monkeypat
     finally:
         registry.clear()
     assert order == ["streams", "conv1x1"]
+
+
+class ThreadBound(Timed):
+    """A pass of `whole_ms` per sample on two threads; on one, `ms[routed]`."""
+
+    whole_ms = 10.0
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() > 1:
+            self.calls.append((threading.get_ident(), torch.get_num_threads(), len(batch), False))
+            time.sleep(self.whole_ms * len(batch) / 1000.0)
+            return batch.flatten(1)
+        return super().predict(batch)
+
+
+@pytest.mark.parametrize(("setting", "streams"), [(None, 2), ("native", 1)])
+def test_streams_are_weighed_against_one_pass_with_their_1x1_convolutions_on_onednn(
+        monkeypatch: pytest.MonkeyPatch, two_threads: None, setting: str | None, streams: int) -> None:
+    """On PyTorch's single-thread choice the streams (2 samples at 30 ms each, side by side: 60 ms) lose to one
+    2-thread pass (4 at 10 ms: 40 ms); on oneDNN (2 at 10 ms: 20 ms) they win. INFERQ_CONV1X1=native keeps
+    them where PyTorch puts them."""
+    monkeypatch.delenv("INFERQ_STREAMS", raising=False)
+    if setting is None:
+        monkeypatch.delenv("INFERQ_CONV1X1", raising=False)
+    else:
+        monkeypatch.setenv("INFERQ_CONV1X1", setting)
+    handler = ThreadBound(spec(batch_size=8), {False: 30.0, True: 10.0})
+    assert handler.plan_streams() == streams
+    assert {routed for _, threads, _, routed in handler.calls if threads == 1} == {setting is None}
+    assert not conv1x1.routed(handler.module)  # plan_conv1x1 settles it

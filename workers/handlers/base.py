@@ -276,7 +276,8 @@ class Handler(ABC):
         tier: a 2-thread pass
         waits at every layer for whichever thread another process interrupted, a stream only for itself
         (resnet50 with a process taking 5% of the machine: 9% slower as one pass, 5% as two streams).
-        Only on the CPU, with at least two threads, a batch of at least two and a pass of 20 ms or more.
+        Only on the CPU, with at least two threads, a batch of at least two and a pass of 20 ms or more. The
+        streams are measured with their 1x1 convolutions on oneDNN, as the one pass runs them.
         """
         threads = self.threads()
         configured = configured_streams(self.spec)
@@ -304,12 +305,21 @@ class Handler(ABC):
             list(thread_pool("stream", threads).map(part, runs))
 
         timings: dict[str, list[float]] = {"whole": [], "streams": []}
-        for attempt in range(repeats + 1):
-            for name, run in (("whole", whole), ("streams", side_by_side)):
-                started = time.perf_counter()
-                run()
-                if attempt:  # the first of each warms its threads and shapes
-                    timings[name].append((time.perf_counter() - started) * 1000.0)
+        # The streams' 1x1 convolutions on oneDNN, where the whole pass has them (unless INFERQ_CONV1X1=native):
+        # on PyTorch's single-thread choice they ran resnet50 6-7% slower here (workers/conv1x1.py), enough to
+        # lose a choice they win on the same kernels. `plan_conv1x1` then settles where they run.
+        module = self.torch_module()
+        routed = configured_conv1x1() != "native" and conv1x1.route(module, True) > 0
+        try:
+            for attempt in range(repeats + 1):
+                for name, run in (("whole", whole), ("streams", side_by_side)):
+                    started = time.perf_counter()
+                    run()
+                    if attempt:  # the first of each warms its threads and shapes
+                        timings[name].append((time.perf_counter() - started) * 1000.0)
+        finally:
+            if routed:
+                conv1x1.route(module, False)
         whole_ms, streams_ms = min(timings["whole"]), min(timings["streams"])
         if whole_ms >= self.STREAMS_MIN_FORWARD_MS and streams_ms <= whole_ms * prefer_within:
             self.streams = threads
@@ -327,7 +337,7 @@ class Handler(ABC):
         """The torch threads each forward pass of a full batch runs on (after `plan_streams`)."""
         return max(1, self.threads() // max(1, self.streams))
 
-    def plan_conv1x1(self, *, repeats: int = 2, max_items: int = 8, budget_s: float = 3.0,
+    def plan_conv1x1(self, *, repeats: int = 3, max_items: int = 8, budget_s: float = 4.0,
                      prefer_below: float = 0.98) -> bool:
         """Whether this model's 1x1 convolutions run on oneDNN in its single-thread passes (workers/conv1x1.py):
         INFERQ_CONV1X1 (`onednn`, `native`), else measured here, once, at load, after `plan_streams`: its
