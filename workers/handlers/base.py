@@ -6,11 +6,11 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -18,6 +18,8 @@ from workers import conv1x1
 from workers.store import ModelSpec
 
 logger = logging.getLogger("inferq.worker")
+
+K = TypeVar("K")
 
 
 @contextmanager
@@ -65,6 +67,26 @@ def split_evenly(count: int, parts: int) -> list[range]:
         runs.append(range(start, end))
         start = end
     return runs
+
+
+def fastest_ms(runs: dict[K, Callable[[], None]], *, repeats: int, budget_s: float | None = None,
+               before: Callable[[K], object] | None = None) -> dict[K, float]:
+    """Each run's fastest time in ms: one unmeasured warm-up of each (threads, shapes, kernels), then up to
+    `repeats` tries each, interleaved, no round started once `budget_s` has passed after the first. `before`
+    prepares a run outside its timing."""
+    timings: dict[K, list[float]] = {key: [] for key in runs}
+    began = time.perf_counter()
+    for attempt in range(repeats + 1):
+        if budget_s is not None and attempt > 1 and time.perf_counter() - began > budget_s:
+            break
+        for key, run in runs.items():
+            if before is not None:
+                before(key)
+            started = time.perf_counter()
+            run()
+            if attempt:
+                timings[key].append((time.perf_counter() - started) * 1000.0)
+    return {key: min(ms) for key, ms in timings.items()}
 
 
 def configured_streams(spec: ModelSpec) -> int | None:
@@ -304,23 +326,17 @@ class Handler(ABC):
         def side_by_side() -> None:
             list(thread_pool("stream", threads).map(part, runs))
 
-        timings: dict[str, list[float]] = {"whole": [], "streams": []}
         # The streams' 1x1 convolutions on oneDNN, where the whole pass has them (unless INFERQ_CONV1X1=native):
         # on PyTorch's single-thread choice they ran resnet50 6-7% slower here (workers/conv1x1.py), enough to
         # lose a choice they win on the same kernels. `plan_conv1x1` then settles where they run.
         module = self.torch_module()
         routed = configured_conv1x1() != "native" and conv1x1.route(module, True) > 0
         try:
-            for attempt in range(repeats + 1):
-                for name, run in (("whole", whole), ("streams", side_by_side)):
-                    started = time.perf_counter()
-                    run()
-                    if attempt:  # the first of each warms its threads and shapes
-                        timings[name].append((time.perf_counter() - started) * 1000.0)
+            timings = fastest_ms({"whole": whole, "streams": side_by_side}, repeats=repeats)
         finally:
             if routed:
                 conv1x1.route(module, False)
-        whole_ms, streams_ms = min(timings["whole"]), min(timings["streams"])
+        whole_ms, streams_ms = timings["whole"], timings["streams"]
         if whole_ms >= self.STREAMS_MIN_FORWARD_MS and streams_ms <= whole_ms * prefer_within:
             self.streams = threads
         logger.info("model %s:%s runs batches as %d stream(s): %d inputs in %.0f ms as one %d-thread pass, "
@@ -373,18 +389,9 @@ class Handler(ABC):
                 with threads_at_most(1), torch.inference_mode():
                     self.predict(share)
 
-        timings: dict[bool, list[float]] = {False: [], True: []}
-        began = time.perf_counter()
-        for attempt in range(repeats + 1):
-            if attempt > 1 and time.perf_counter() - began > budget_s:
-                break
-            for onednn in (False, True):
-                conv1x1.route(module, onednn)
-                started = time.perf_counter()
-                passes()
-                if attempt:  # the first of each warms its kernels
-                    timings[onednn].append((time.perf_counter() - started) * 1000.0)
-        native_ms, onednn_ms = min(timings[False]), min(timings[True])
+        timings = fastest_ms({False: passes, True: passes}, repeats=repeats, budget_s=budget_s,
+                             before=lambda onednn: conv1x1.route(module, onednn))
+        native_ms, onednn_ms = timings[False], timings[True]
         chosen = native_ms >= self.STREAMS_MIN_FORWARD_MS and onednn_ms <= native_ms * prefer_below
         conv1x1.route(module, chosen)
         logger.info("model %s:%s runs the 1x1 convolutions of its single-thread passes on %s: %d x %d inputs in "
