@@ -27,13 +27,23 @@ def fresh_registry() -> Iterator[None]:
     loading._MAPPED.clear()
 
 
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def two_threads() -> Iterator[None]:
     """The test process's torch threads set to 2 (as on a 2-core worker), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    yield from _threads(2)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The test process's torch threads set to 1 (a one-thread worker process), restored afterwards."""
+    yield from _threads(1)
 
 
 @pytest.fixture(scope="session")

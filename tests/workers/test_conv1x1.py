@@ -66,12 +66,13 @@ def test_only_plain_pointwise_convolutions_are_routed_and_routing_back_undoes_it
     assert conv1x1.route(None, True) == 0
 
 
-def test_a_routed_convolution_runs_on_onednn_and_answers_as_pytorch_does(calls: list[tuple[int, ...]]) -> None:
+def test_a_routed_convolution_runs_on_onednn_and_answers_as_pytorch_does(calls: list[tuple[int, ...]],
+                                                                        one_thread: None) -> None:
+    # On one thread, where PyTorch itself would not pick oneDNN for them.
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1, bias=False)).eval()
     x = torch.randn(4, 8, 14, 14)
     with torch.inference_mode():
-        torch.set_num_threads(1)  # where PyTorch itself would not pick oneDNN for them
         native = module(x)
         assert calls == []
         conv1x1.route(module, True)
@@ -130,15 +131,10 @@ def auto(monkeypatch: pytest.MonkeyPatch) -> None:
     ({False: 10.0, True: 12.0}, False),  # oneDNN slower
     ({False: 1.0, True: 0.5}, False),    # too small a pass to matter (4 ms)
 ])
-def test_one_single_thread_process_measures_its_passes_at_load(auto: None, ms: dict[bool, float],
-                                                               expected: bool) -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        handler = Timed(spec(batch_size=4), ms)
-        assert handler.plan_conv1x1() is expected
-    finally:
-        torch.set_num_threads(before)
+def test_one_single_thread_process_measures_its_passes_at_load(auto: None, one_thread: None,
+                                                               ms: dict[bool, float], expected: bool) -> None:
+    handler = Timed(spec(batch_size=4), ms)
+    assert handler.plan_conv1x1() is expected
     assert conv1x1.routed(handler.module) is expected
     # One pass of a whole batch on one thread, each way: a warm-up and three tries, interleaved.
     assert [(threads, samples, routed) for _, threads, samples, routed in handler.calls] == \
@@ -155,14 +151,10 @@ def test_streams_are_measured_side_by_side_on_their_share_of_a_batch(auto: None,
     assert torch.get_num_threads() == 2  # the calling thread keeps its own
 
 
-def test_a_large_batch_is_measured_on_at_most_eight_samples_and_a_slow_pass_is_tried_once(auto: None) -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        handler = Timed(spec(batch_size=32), {False: 10.0, True: 5.0})
-        assert handler.plan_conv1x1(budget_s=0.1) is True  # the warm-up and the first try take 0.24 s
-    finally:
-        torch.set_num_threads(before)
+def test_a_large_batch_is_measured_on_at_most_eight_samples_and_a_slow_pass_is_tried_once(
+        auto: None, one_thread: None) -> None:
+    handler = Timed(spec(batch_size=32), {False: 10.0, True: 5.0})
+    assert handler.plan_conv1x1(budget_s=0.1) is True  # the warm-up and the first try take 0.24 s
     assert [samples for _, _, samples, _ in handler.calls] == [8] * 4  # a warm-up and one try each way
 
 
