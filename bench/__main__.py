@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -175,6 +176,27 @@ def model_idle_ms(latencies_ms: list[float], pool_cpu_s: float) -> float:
     return max(0.0, statistics.median(latencies_ms) - per_request_ms)
 
 
+def worker_layout(log_text: str, model: str) -> tuple[str, str]:
+    """What the worker chose for `model` when it loaded it, from the worker's log (the stack logs inferq.worker at
+    INFO; the latest load counts): a short form, and the measurements it logged behind the choice."""
+    found: dict[str, re.Match[str]] = {}
+    for key, pattern in (("streams", r"runs batches as (\d+) stream\(s\)"),
+                         ("conv1x1", r"runs the 1x1 convolutions of its single-thread passes on "
+                                     r"(oneDNN|PyTorch's choice)")):
+        matches = list(re.finditer(rf"model {re.escape(model)}:\S+ ({pattern}[^\n]*)", log_text))
+        if matches:
+            found[key] = matches[-1]
+    if not found:
+        return "not measured", "no layout logged (set by INFERQ_STREAMS or the manifest, or not worth measuring)"
+    parts = []
+    if "streams" in found:
+        count = int(found["streams"].group(2))
+        parts.append(f"{count} streams" if count > 1 else "one pass")
+    if "conv1x1" in found:
+        parts.append(f"1x1 on {found['conv1x1'].group(2)}")
+    return ", ".join(parts), "; ".join(match.group(1) for match in found.values())
+
+
 def cpu_groups(svc: Service) -> dict[str, list[int]]:
     """The stack's processes by role, the worker's main process apart from its pool."""
     worker = svc.procs["worker"].pid
@@ -260,6 +282,7 @@ def main() -> int:
                     results["a_rounds"][-1] if one_pass == best else
                     lab("limit", model=main_model, images=n_main, batch_sizes=[layout_of(one_pass)[0]],
                         threads=CORES, size=wh, onednn_1x1=limit["onednn_1x1"])["rates"][one_pass])
+            results["b_layout"] = worker_layout(svc.log("worker").read_text(errors="replace"), main_model)
             # The closed loops and the job-by-job collection once each (a turn each took a minute on a slow host).
             results["b_loop"] = throughput(svc, main_model, images, CLIENTS)
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
@@ -342,6 +365,7 @@ def main() -> int:
                                 + ", ".join(f"{r:.3f}" for r in b_ratios)
                                 + f"; / the best single-pass loop (batch {layout_of(one_pass)[0]}) = {b_one_pass:.3f}"
                                 + f"; / side by side = {b_rate / per_core_rate:.3f}"),
+        ("    the worker's layout", "chosen at load, from its log", results["b_layout"][0], results["b_layout"][1]),
         ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
          " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())
          + f"; {limit['cpu_ms_per_item'][best]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),

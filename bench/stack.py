@@ -24,7 +24,10 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     env = base_env(workdir, store)
+    # The worker's load-time choices (its layout, where its 1x1 convolutions run) are logged at INFO, read back
+    # by `bench.__main__.worker_layout`; nothing per job is logged there.
     env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls", "LOG_LEVEL": "WARNING",
+                "LOG_LEVELS": "inferq.worker=INFO",
                 "INFERQ_MAX_QUEUED": "1000000", "INFERQ_RESULT_CACHE": "0",
                 # The per-token limits stay on, counted as in any deployment far below them, but the bench's one
                 # token sends thousands of submits a minute: at the default 6000/min it would be counted exactly

@@ -31,6 +31,23 @@ def env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def logger_levels(text: str) -> dict[str, dict[str, str]]:
+    """LOG_LEVELS: comma-separated `logger=LEVEL` pairs, each logger (and those below it) at its own level over
+    LOG_LEVEL, as `LOGGING["loggers"]` entries: `inferq.worker=INFO` shows a worker's load-time choices under
+    `LOG_LEVEL=WARNING`."""
+    loggers: dict[str, dict[str, str]] = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, _, level = pair.partition("=")
+        name, level = name.strip(), level.strip().upper()
+        if not name or level not in LEVELS:
+            raise ImproperlyConfigured(f"LOG_LEVELS: {pair!r} is not logger=LEVEL (LEVEL one of {', '.join(LEVELS)})")
+        loggers[name] = {"level": level}
+    return loggers
+
+
 # ---------------------------------------------------------------------------
 # Core
 # ---------------------------------------------------------------------------
@@ -282,6 +299,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"level": "ERROR"},
+        **logger_levels(os.environ.get("LOG_LEVELS", "")),
     },
 }
 

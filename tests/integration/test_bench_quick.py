@@ -33,6 +33,9 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     assert re.search(r"collected job by job .* / \(a\) = \d\.\d{3}; CPU per image (\d+\.\d / ){3}\d+\.\d ms",
                      table), table
     assert re.search(r"\(b\) InferQ end to end \(HTTP\) .* all submitted, then collected", table), table
+    # The layout the worker chose for (b)'s model when it loaded it, read from its log, with the measurement.
+    assert re.search(r"the worker's layout\s+chosen at load, from its log\s+(one pass|\d+ streams)\S*.*"
+                     r"runs batches as \d+ stream\(s\): \d+ inputs in \d+ ms", table), table
     # (g) is read while the pool serves (its peak), and once more with the pool idle.
     assert re.search(r"\(g\) worker pool PSS, 2 procs / 1\s+\S+, the peak while serving\s+\d+ / \d+ MiB\s+\d\.\d{3}",
                      table), table
