@@ -161,7 +161,27 @@ def test_the_layout_is_measured_at_load(two_threads: None, no_streams_setting: N
     assert handler.streams == expected
     whole = [samples for _, threads, samples in handler.calls if threads == 2]
     parts = [samples for _, threads, samples in handler.calls if threads == 1]
-    assert whole == [4] * 3 and parts == [2] * 6  # two samples per thread, warm-up plus two tries each way
+    assert whole == [8] * 3 and parts == [4] * 6  # a full batch, warm-up plus two tries each way
+
+
+def test_the_layout_is_measured_on_a_full_batch_of_at_most_max_items(two_threads: None,
+                                                                      no_streams_setting: None) -> None:
+    handler = Sleepy(spec(batch_size=32), {2: 1.0, 1: 1.0})
+    handler.setup(torch.device("cpu"))
+
+    handler.plan_streams(max_items=12)
+
+    assert {samples for _, threads, samples in handler.calls if threads == 2} == {12}
+    assert {samples for _, threads, samples in handler.calls if threads == 1} == {6}
+
+
+def test_the_layout_measurement_stops_at_its_budget(two_threads: None, no_streams_setting: None) -> None:
+    handler = Sleepy(spec(batch_size=8), {2: 10.0, 1: 10.0})
+    handler.setup(torch.device("cpu"))
+
+    handler.plan_streams(repeats=5, budget_s=0.0)
+
+    assert len([1 for _, threads, _ in handler.calls if threads == 2]) == 2  # the warm-up and one try
 
 
 @pytest.mark.parametrize("fields", [{"threads": 1}, {"batch_size": 1}])
