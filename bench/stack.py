@@ -24,10 +24,10 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     env = base_env(workdir, store)
-    # The worker's load-time choices (its layout, where its 1x1 convolutions run) are logged at INFO, read back
-    # by `bench.__main__.worker_layout`; nothing per job is logged there.
-    env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls", "LOG_LEVEL": "WARNING",
-                "LOG_LEVELS": "inferq.worker=INFO",
+    # Logging as configured by default (LOG_LEVEL INFO: a line for each job queued, started and ended), which every
+    # measurement pays as a deployment does; the worker's load-time choices (its layout, where its 1x1
+    # convolutions run) are among its lines, read back by `bench.__main__.worker_layout`.
+    env.update({"INFERQ_MODELS": ",".join(models), "INFERQ_URLCONF": "bench.urls",
                 "INFERQ_MAX_QUEUED": "1000000", "INFERQ_RESULT_CACHE": "0",
                 # The per-token limits stay on, counted as in any deployment far below them, but the bench's one
                 # token sends thousands of submits a minute: at the default 6000/min it would be counted exactly
@@ -69,7 +69,7 @@ def stack(store: Path, workdir: Path, *, models: list[str], concurrency: int = 1
 
 
 def start_worker(svc: Service, concurrency: int, *extra: str) -> None:
-    svc.start_worker("worker", *extra, concurrency=concurrency, loglevel="WARNING")
+    svc.start_worker("worker", *extra, concurrency=concurrency, loglevel="INFO")  # the Procfile's
 
 
 def set_manifest(store: Path, name: str, **fields: object) -> None:

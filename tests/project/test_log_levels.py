@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from project.settings import logger_levels
+from project.settings import celery_task_line_level, logger_levels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,3 +40,38 @@ def test_a_logger_logs_at_its_own_level_under_a_higher_root_level() -> None:
     assert out.returncode == 0, out.stderr
     assert "worker info" in out.stderr
     assert "job info" not in out.stderr
+
+
+@pytest.mark.parametrize(("level", "expected"), [("INFO", "WARNING"), ("info", "WARNING"), ("WARNING", "WARNING"),
+                                                 ("ERROR", "ERROR"), ("CRITICAL", "CRITICAL"), ("DEBUG", "DEBUG")])
+def test_celerys_per_task_lines_are_shown_at_debug_and_otherwise_from_warning(level: str, expected: str) -> None:
+    assert celery_task_line_level(level) == expected
+
+
+def _log_from_fresh_process(**env: str) -> str:
+    code = ("import django, logging; django.setup(); "
+            "logging.getLogger('celery.app.trace').info('Task t[1] succeeded in 0.01s'); "
+            "logging.getLogger('celery.worker.strategy').info('Task t[1] received'); "
+            "logging.getLogger('celery.app.trace').error('Task t[2] raised unexpected'); "
+            "logging.getLogger('inferq.jobs').info('job succeeded')")
+    full = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", **env}
+    for name in ("LOG_LEVEL", "LOG_LEVELS"):
+        if name not in env:
+            full.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stderr
+
+
+def test_at_the_default_level_a_job_is_logged_by_inferq_not_by_celery_per_task() -> None:
+    err = _log_from_fresh_process()
+
+    assert "job succeeded" in err
+    assert "received" not in err and "succeeded in" not in err
+    assert "Task t[2] raised unexpected" in err  # a failure still is
+
+
+def test_log_levels_bring_celerys_per_task_lines_back() -> None:
+    err = _log_from_fresh_process(LOG_LEVELS="celery.app.trace=INFO,celery.worker.strategy=INFO")
+
+    assert "Task t[1] received" in err and "Task t[1] succeeded in 0.01s" in err
