@@ -57,8 +57,8 @@ def celery_task_line_level(level: str) -> str:
     """The level of Celery's per-task loggers under LOG_LEVEL `level`: WARNING (or `level` where that is higher), so
     that at the default INFO a job's log lines are InferQ's own ("job queued", "job started", "job succeeded", with
     the model and the timings), not those and Celery's two more per task, which say less and lengthened a small
-    model's round trip by about half a millisecond (one client on digits, two stacks side by side, lower in 11 of
-    12 turns without them); a failure is still logged, at ERROR. At DEBUG they are shown, and LOG_LEVELS sets
+    model's round trip by about half a millisecond (one client on digits, two stacks side by side, lower in 18 of
+    24 turns without them); a failure is still logged, at ERROR. At DEBUG they are shown, and LOG_LEVELS sets
     them like any other logger (`celery.worker.strategy=INFO,celery.app.trace=INFO`)."""
     level = level.strip().upper()
     if level == "DEBUG" or (level in LEVELS and LEVELS.index(level) > LEVELS.index("WARNING")):
