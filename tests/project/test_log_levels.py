@@ -28,32 +28,10 @@ def test_a_bad_pair_is_named(text: str) -> None:
     assert repr(text.strip()) in str(caught.value)
 
 
-def test_a_logger_logs_at_its_own_level_under_a_higher_root_level() -> None:
-    # A fresh process configured from the environment, as a worker is: the named logger's INFO gets through,
-    # another logger's INFO does not.
-    code = ("import django, logging; django.setup(); "
-            "logging.getLogger('inferq.worker').info('worker info'); logging.getLogger('inferq.jobs').info('job info')")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "LOG_LEVEL": "WARNING",
-           "LOG_LEVELS": "inferq.worker=INFO"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-
-    assert out.returncode == 0, out.stderr
-    assert "worker info" in out.stderr
-    assert "job info" not in out.stderr
-
-
-@pytest.mark.parametrize(("level", "expected"), [("INFO", "WARNING"), ("info", "WARNING"), ("WARNING", "WARNING"),
-                                                 ("ERROR", "ERROR"), ("CRITICAL", "CRITICAL"), ("DEBUG", "DEBUG")])
-def test_celerys_per_task_lines_are_shown_at_debug_and_otherwise_from_warning(level: str, expected: str) -> None:
-    assert celery_task_line_level(level) == expected
-
-
-def _log_from_fresh_process(**env: str) -> str:
-    code = ("import django, logging; django.setup(); "
-            "logging.getLogger('celery.app.trace').info('Task t[1] succeeded in 0.01s'); "
-            "logging.getLogger('celery.worker.strategy').info('Task t[1] received'); "
-            "logging.getLogger('celery.app.trace').error('Task t[2] raised unexpected'); "
-            "logging.getLogger('inferq.jobs').info('job succeeded')")
+def _stderr_of_fresh_process(*calls: str, **env: str) -> str:
+    """What a fresh process configured from the environment, as a worker is, writes for these logging calls
+    (`LOG_LEVEL` and `LOG_LEVELS` as given here, else unset)."""
+    code = "import django, logging; django.setup(); " + "; ".join(calls)
     full = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", **env}
     for name in ("LOG_LEVEL", "LOG_LEVELS"):
         if name not in env:
@@ -63,8 +41,30 @@ def _log_from_fresh_process(**env: str) -> str:
     return out.stderr
 
 
+def test_a_logger_logs_at_its_own_level_under_a_higher_root_level() -> None:
+    # The named logger's INFO gets through, another logger's INFO does not.
+    err = _stderr_of_fresh_process("logging.getLogger('inferq.worker').info('worker info')",
+                                   "logging.getLogger('inferq.jobs').info('job info')",
+                                   LOG_LEVEL="WARNING", LOG_LEVELS="inferq.worker=INFO")
+
+    assert "worker info" in err
+    assert "job info" not in err
+
+
+@pytest.mark.parametrize(("level", "expected"), [("INFO", "WARNING"), ("info", "WARNING"), ("WARNING", "WARNING"),
+                                                 ("ERROR", "ERROR"), ("CRITICAL", "CRITICAL"), ("DEBUG", "DEBUG")])
+def test_celerys_per_task_lines_are_shown_at_debug_and_otherwise_from_warning(level: str, expected: str) -> None:
+    assert celery_task_line_level(level) == expected
+
+
+CELERY_AND_JOB_LINES = ("logging.getLogger('celery.app.trace').info('Task t[1] succeeded in 0.01s')",
+                        "logging.getLogger('celery.worker.strategy').info('Task t[1] received')",
+                        "logging.getLogger('celery.app.trace').error('Task t[2] raised unexpected')",
+                        "logging.getLogger('inferq.jobs').info('job succeeded')")
+
+
 def test_at_the_default_level_a_job_is_logged_by_inferq_not_by_celery_per_task() -> None:
-    err = _log_from_fresh_process()
+    err = _stderr_of_fresh_process(*CELERY_AND_JOB_LINES)
 
     assert "job succeeded" in err
     assert "received" not in err and "succeeded in" not in err
@@ -72,6 +72,7 @@ def test_at_the_default_level_a_job_is_logged_by_inferq_not_by_celery_per_task()
 
 
 def test_log_levels_bring_celerys_per_task_lines_back() -> None:
-    err = _log_from_fresh_process(LOG_LEVELS="celery.app.trace=INFO,celery.worker.strategy=INFO")
+    err = _stderr_of_fresh_process(*CELERY_AND_JOB_LINES,
+                                   LOG_LEVELS="celery.app.trace=INFO,celery.worker.strategy=INFO")
 
     assert "Task t[1] received" in err and "Task t[1] succeeded in 0.01s" in err
