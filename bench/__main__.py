@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from bench.images import photos
 from bench.lab import Lab
 from bench.layout import layout_of
 from bench.stack import cpu_seconds, settle, stack, start_worker, wait_online
+from bench.turn import breakdown
 from tests.integration.processes import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,12 +131,15 @@ def restart_worker(svc: Service, *, models: list[str], concurrency: int, threads
     settle(svc)
 
 
-def throughput(svc: Service, model: str, images: list[bytes], concurrency: int | str) -> float:
+def throughput(svc: Service, model: str, images: list[bytes], concurrency: int | str,
+               turns: list[dict[str, float]] | None = None) -> float:
     """images/s with `concurrency` jobs in flight (a closed loop), or, with BULK or PER_JOB, every image
-    submitted over CLIENTS connections and then every result collected."""
+    submitted over CLIENTS connections and then every result collected. With BULK, `turns` (if given) gets where
+    the timed run's time went (`bench.turn.breakdown`)."""
     items = [(img, "image/jpeg") for img in images]
+    marks: dict[str, float] = {}
     if concurrency == BULK:
-        run, n = run_batch, CLIENTS
+        run, n = partial(run_batch, marks=marks), CLIENTS
     elif concurrency == PER_JOB:
         run, n = run_bulk, CLIENTS
     else:
@@ -144,6 +149,8 @@ def throughput(svc: Service, model: str, images: list[bytes], concurrency: int |
     failed = [j for j in jobs if j["status"] != "succeeded"]
     if failed:
         raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
+    if turns is not None and marks:
+        turns.append(breakdown(jobs, marks))
     return len(items) / elapsed
 
 
@@ -270,6 +277,7 @@ def main() -> int:
             # (the limit moved by 6-11% within one run here), so each (b) is compared with the mean of the
             # limit measured on either side of it, and the rounds' median is reported.
             results["b_rounds"], results["a_rounds"], results["one_pass_rounds"] = [], [], []
+            results["b_turns"] = []
 
             def limit_turn() -> None:
                 """The limit at the chosen layout, and the best single pass, each measured once more."""
@@ -286,7 +294,7 @@ def main() -> int:
             # in one run the chosen layout read 20.30 img/s in the tries and 17.68-18.76 in the five turns).
             limit_turn()
             for turn in range(1 if quick else B_ROUNDS):
-                results["b_rounds"].append(throughput(svc, main_model, images, BULK))
+                results["b_rounds"].append(throughput(svc, main_model, images, BULK, turns=results["b_turns"]))
                 if turn == 0:
                     # The warm-up's images count too: CPU per image is over every image (b) sent.
                     sent = len(images) + min(len(images), CLIENTS)
@@ -349,6 +357,9 @@ def main() -> int:
         return [b / ((limits[i] + limits[i + 1]) / 2) for i, b in enumerate(b_rounds)]
 
     b_ratios = turn_ratios(a_rounds)
+    # The turn whose ratio is the median, taken apart (bench/turn.py), beside the time (a)'s pace would have taken.
+    mid = sorted(range(len(b_ratios)), key=lambda i: b_ratios[i])[len(b_ratios) // 2]
+    mid_turn, mid_pace = results["b_turns"][mid], len(images) / ((a_rounds[mid] + a_rounds[mid + 1]) / 2)
     b_one_pass = statistics.median(turn_ratios(results["one_pass_rounds"]))
     b_rate, b_ratio = statistics.median(b_rounds), statistics.median(b_ratios)
     limit_mean = statistics.fmean(a_rounds)
@@ -375,6 +386,12 @@ def main() -> int:
                                 + ", ".join(f"{r:.3f}" for r in b_ratios)
                                 + f"; / the best single-pass loop (batch {layout_of(one_pass)[0]}) = {b_one_pass:.3f}"
                                 + f"; / side by side = {b_rate / per_core_rate:.3f}"),
+        ("    the median turn, from its jobs", "claims and endings as the API reports them; (a)'s pace",
+         f"{mid_turn['turn']:.2f} s; {mid_pace:.2f} s",
+         f"submits answered {mid_turn['submits']:.2f} s; first claim +{mid_turn['first_claim'] * 1000:.0f} ms; "
+         f"first claim to last ending {mid_turn['run']:.2f} s, no job running in {mid_turn['between'] * 1000:.0f} ms "
+         f"of it; results read {mid_turn['after_last'] * 1000:.0f} ms after the last ending; "
+         f"mean batch {mid_turn['batch']:.1f}"),
         ("    the worker's layout", "chosen at load, from its log", results["b_layout"][0], results["b_layout"][1]),
         ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
          " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())

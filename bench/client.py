@@ -110,12 +110,16 @@ def _path_and_query(url: str) -> str:
 
 
 def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
-              connections: int = 12, timeout: float = 600) -> tuple[float, list[dict[str, Any]]]:
+              connections: int = 12, timeout: float = 600,
+              marks: dict[str, float] | None = None) -> tuple[float, list[dict[str, Any]]]:
     """Push a folder's worth the way the API offers for it: open a batch, submit every item into it over
     `connections` keep-alive connections, wait for the batch to end (`GET /v1/batches/{id}?wait=`, one held
     request whatever the batch's size), then read every result a page of 1000 jobs at a time.
-    (seconds from opening the batch to the last page, jobs in the items' order)."""
+    (seconds from opening the batch to the last page, jobs in the items' order). `marks`, if given, gets the wall
+    clock (`time.time()`) as the batch is opened, once every submit is answered and once the last page is read."""
     head = Client(base, token)
+    marks = {} if marks is None else marks
+    marks["opened"] = time.time()
     started = time.perf_counter()
     batch = head.call("POST", "/v1/batches", json.dumps({"model": model}).encode(),
                       {"Content-Type": "application/json"}, expect=(201,), what="opening a batch")["id"]
@@ -128,6 +132,7 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
 
     with ThreadPoolExecutor(max_workers=connections) as pool:
         list(pool.map(one, [range(i, len(items), connections) for i in range(connections)]))
+    marks["submitted"] = time.time()
     deadline = time.monotonic() + timeout
     while True:
         counts = head.call("GET", f"/v1/batches/{batch}?wait=60", what="waiting on the batch")["counts"]
@@ -142,7 +147,9 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
         page = head.call("GET", path, what="listing the batch's jobs")
         jobs.update((job["id"], job) for job in page["results"])
         path = _path_and_query(page["next"]) if page["next"] else None
-    return time.perf_counter() - started, [jobs[job_id] for job_id in ids]
+    elapsed = time.perf_counter() - started
+    marks["listed"] = time.time()
+    return elapsed, [jobs[job_id] for job_id in ids]
 
 
 def rate(base: str, token: str, make_request: Callable[[], tuple[str, str, bytes | None, dict[str, str]]],

@@ -148,3 +148,31 @@ def test_api_ratios_read_the_trivial_view_at_each_measurements_moment(monkeypatc
     assert ratios["poll"] == pytest.approx([0.6] * 3, rel=1e-12)
     # Against the trivial view of its round's start alone, the same measurements read low.
     assert all(s / t < 0.3 for s, t in zip(found["submit"], found["trivial"], strict=False))
+
+
+def test_run_batch_marks_the_opening_the_last_submit_answered_and_the_last_page_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeBatchServer(page_size=4)
+    monkeypatch.setattr(client, "Client", server.client)
+    monkeypatch.setattr(client.time, "sleep", lambda s: None)
+    readings = iter(range(100, 200))
+
+    def clock() -> float:
+        reading = next(readings)
+        server.log.append(f"clock {reading}")
+        return float(reading)
+
+    monkeypatch.setattr(client.time, "time", clock)
+    items = [(f"image {i}".encode(), "image/jpeg") for i in range(6)]
+    marks: dict[str, float] = {}
+
+    client.run_batch("http://x", "t", "resnet50", items, connections=2, marks=marks)
+
+    log = server.log
+    assert marks == {"opened": 100.0, "submitted": 101.0, "listed": 102.0}
+    assert log.index("clock 100") < log.index("POST /v1/batches")
+    last_submit = max(i for i, entry in enumerate(log) if entry.startswith("submit"))
+    first_wait = min(i for i, entry in enumerate(log) if entry.startswith("GET /v1/batches/"))
+    assert last_submit < log.index("clock 101") < first_wait
+    last_page = max(i for i, entry in enumerate(log) if entry.startswith("GET /v1/jobs"))
+    assert log.index("clock 102") > last_page

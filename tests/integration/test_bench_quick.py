@@ -36,6 +36,11 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     # The layout the worker chose for (b)'s model when it loaded it, read from its log, with the measurement.
     assert re.search(r"the worker's layout\s+chosen at load, from its log\s+(one pass|\d+ streams)\S*.*"
                      r"runs batches as \d+ stream\(s\): \d+ inputs in \d+ ms", table), table
+    # (b)'s median turn taken apart from its jobs' claim and ending times, beside the time at (a)'s pace.
+    assert re.search(r"the median turn, from its jobs\s+claims and endings as the API reports them; \(a\)'s pace\s+"
+                     r"\d+\.\d\d s; \d+\.\d\d s\s+submits answered \d+\.\d\d s; first claim \+\d+ ms; first claim to "
+                     r"last ending \d+\.\d\d s, no job running in \d+ ms of it; results read \d+ ms after the last "
+                     r"ending; mean batch \d+\.\d", table), table
     # (g) is read while the pool serves (its peak), and once more with the pool idle.
     assert re.search(r"\(g\) worker pool PSS, 2 procs / 1\s+\S+, the peak while serving\s+\d+ / \d+ MiB\s+\d\.\d{3}",
                      table), table
