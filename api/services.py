@@ -300,12 +300,17 @@ def _held_or_ended(job: Job, now: datetime) -> bool:
 # Claims up to N queued first attempts of one model version, oldest first, and reads them back: one statement
 # (PostgreSQL skips rows another worker's claim has locked). Through the ORM (a locked SELECT, then
 # `bulk_update`) a claim of 7 cost about 13 ms on SQLite, 5% of a resnet50 batch of 8.
+# On PostgreSQL the locking subquery goes in `= ANY(ARRAY(…))`, which runs it once (an InitPlan). As `IN (…)` the
+# planner may make it the inner side of a nested-loop semi join, run again for every queued row, each run
+# past the rows the statement has claimed so far: a claim of 31 took 274 of 1350 queued rows, and a worker
+# ran digits in batches of 450 where its manifest says 32 (docs/benchmarks.md, 2026-12-07).
+_CLAIM_SUBQUERY = ("SELECT {id} FROM {table} WHERE {model_name} = %s AND {model_version} = %s"
+                   " AND {status} = 'queued' AND {attempts} = 0 ORDER BY {created_at} LIMIT %s{lock}")
 _CLAIM_OLDEST = PreparedUpdateReturning(
     Job, sets=("status", "attempts", "started_at", "worker", "lease_expires_at"), where=("status", "attempts"),
     computed=_QUEUE_MS,
-    scope={vendor: "{id} IN (SELECT {id} FROM {table} WHERE {model_name} = %s AND {model_version} = %s"
-                   " AND {status} = 'queued' AND {attempts} = 0 ORDER BY {created_at} LIMIT %s{lock})"
-           for vendor in ("sqlite", "postgresql")},
+    scope={"sqlite": "{id} IN (" + _CLAIM_SUBQUERY + ")",
+           "postgresql": "{id} = ANY(ARRAY(" + _CLAIM_SUBQUERY + "))"},
 )
 # Is anything queued to claim? A cheap read first: polling an empty queue must not take SQLite's write lock.
 _ANY_QUEUED = PreparedGet(Job, "model_name", "model_version", "status", "attempts",
@@ -392,7 +397,9 @@ def _finish(job: Job, **fields: Any) -> bool:
     if updated:
         for name, value in fields.items():
             setattr(job, name, value)
-        job_discard_input(job=job)
+        # Once the ending is committed (at once outside a transaction): a batch's endings written together
+        # (workers/runner.py) and rolled back leave their jobs to run again, with their inputs.
+        transaction.on_commit(lambda: job_discard_input(job=job))
         job_event_publish_on_commit(job)
     return bool(updated)
 

@@ -12,7 +12,7 @@ import torch
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connections, router, transaction
 
 from api.events import job_events_together
 from api.models import Job
@@ -189,13 +189,48 @@ def run_claimed(jobs: list[Job]) -> set[str]:
         logger.exception("model %s:%s raised", model_name, model_version)
         outcomes = [Outcome(error=InputError("The model failed on this input.", code="inference_error"))
                     for _ in ready]
-    with job_events_together():  # each ending is its own write; their announcements go out together
-        for (job, _), outcome in zip(ready, outcomes, strict=True):
-            if outcome.error is not None:
-                fail(job, outcome.error.code, outcome.error.message, outcome.inference_ms or None)
-            elif job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
-                             batch_size=outcome.batch_size):
-                ended.add(str(job.id))
+    with job_events_together():  # their announcements go out together, once the endings are committed
+        ended |= write_endings([job for job, _ in ready], outcomes)
     if handler is not None:
         handler.settle()  # after a stream raised, the others may still be running
     return ended
+
+
+def _write_each(jobs: list[Job], outcomes: list[Outcome]) -> set[str]:
+    ended: set[str] = set()
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if outcome.error is not None:
+            done = job_fail(job=job, code=outcome.error.code, message=outcome.error.message,
+                            inference_ms=outcome.inference_ms or None)
+        else:
+            done = job_succeed(job=job, result=outcome.result, inference_ms=outcome.inference_ms,
+                               batch_size=outcome.batch_size)
+        if done:
+            ended.add(str(job.id))
+    return ended
+
+
+def commits_flush() -> bool:
+    """Whether a commit of the jobs' database waits for its log to reach the disk (not SQLite's WAL here)."""
+    return connections[router.db_for_write(Job)].vendor != "sqlite"
+
+
+def write_endings(jobs: list[Job], outcomes: list[Outcome]) -> set[str]:
+    """Write each job's ending, its result or its error; the ids of the jobs whose ending this wrote.
+
+    Where a commit flushes the database's log to disk (PostgreSQL), a batch's endings are written in one
+    transaction: one flush for the batch instead of one per job (on the 2-core host's PostgreSQL, a batch of 8
+    ended in 3.9-6.1 ms against 6.1-9.2, a batch of 32 in 12.8 against 23-24). Should the database refuse any of
+    them, that transaction is rolled back and the endings are written one by one, so that each one that can be
+    written is, as before. On SQLite each ending stays a statement of its own: in WAL mode a commit flushes
+    nothing (the batch of 8: 1.0 ms either way), and a transaction would hold the one write lock, which the web
+    tier's INSERTs queue for, across the Python between the statements (project/sqlite/base.py).
+    """
+    if not commits_flush():
+        return _write_each(jobs, outcomes)
+    try:
+        with transaction.atomic():
+            return _write_each(jobs, outcomes)
+    except DatabaseError as exc:
+        logger.warning("a batch's endings could not be written together (%s); writing them one by one", exc)
+        return _write_each(jobs, outcomes)

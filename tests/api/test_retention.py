@@ -32,10 +32,11 @@ def stored(job: Job) -> bool:
     return bool(job.input) and job.input.storage.exists(job.input.name)
 
 
-def test_the_input_is_deleted_when_the_job_ends(make_job: Any) -> None:
+def test_the_input_is_deleted_when_the_job_ends(make_job: Any, django_capture_on_commit_callbacks: Any) -> None:
     job = make_job(b"private photo")
     assert stored(job)
-    job_succeed(job=job, result={}, inference_ms=1.0)
+    with django_capture_on_commit_callbacks(execute=True):  # once the ending is committed
+        job_succeed(job=job, result={}, inference_ms=1.0)
     assert not job.input.storage.exists(job.input.name)
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from api import services
@@ -211,22 +212,43 @@ def test_job_fail_does_not_overwrite_a_canceled_job(make_job: Any) -> None:
 
 
 @pytest.mark.parametrize("finish", ["succeed", "fail", "cancel"])
-def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str, input_place: str) -> None:
+def test_input_is_deleted_when_the_job_ends(make_job: Any, finish: str, input_place: str,
+                                           django_capture_on_commit_callbacks: Any) -> None:
     job = make_job(b"some input bytes")
     assert input_exists(job)
     assert bool(job.input) == (input_place == "file")
 
-    if finish == "cancel":
-        job_cancel(job=job)
-    else:
-        claimed = job_start(job_id=job.id, worker="w1")
-        assert claimed is not None and input_exists(claimed)
-        if finish == "succeed":
-            job_succeed(job=claimed, result={}, inference_ms=1.0)
+    with django_capture_on_commit_callbacks(execute=True):  # the test's own transaction commits nothing
+        if finish == "cancel":
+            job_cancel(job=job)
         else:
-            job_fail(job=claimed, code="invalid_input", message="no")
+            claimed = job_start(job_id=job.id, worker="w1")
+            assert claimed is not None and input_exists(claimed)
+            if finish == "succeed":
+                job_succeed(job=claimed, result={}, inference_ms=1.0)
+            else:
+                job_fail(job=claimed, code="invalid_input", message="no")
 
     assert not input_exists(job)
+
+
+@pytest.mark.parametrize("finish", ["succeed", "fail"])
+def test_an_ending_rolled_back_keeps_the_input_for_the_jobs_next_run(make_job: Any, finish: str,
+                                                                     input_place: str) -> None:
+    job = make_job(b"x" * 100)
+    claimed = job_start(job_id=job.id, worker="w1")
+    assert claimed is not None and input_exists(claimed)
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        if finish == "succeed":
+            assert job_succeed(job=claimed, result={}, inference_ms=1.0)
+        else:
+            assert job_fail(job=claimed, code="invalid_input", message="no")
+        raise RuntimeError("the database refused the batch's commit")
+
+    row = Job.objects.with_input().get(id=job.id)
+    assert row.status == JobStatus.RUNNING
+    assert job_input_read(row) == b"x" * 100
 
 
 def test_input_is_kept_when_configured(make_job: Any, settings: Any, input_place: str) -> None:

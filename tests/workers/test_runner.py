@@ -288,3 +288,94 @@ def test_the_handler_is_loaded_once_per_process(make_job: Callable[[bytes], Job]
 
     assert setups == [torch.device("cpu")]
     assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 3
+
+
+def claimed_echo_jobs(make_job: Callable[[bytes], Job], count: int) -> tuple[list[Job], list[Any]]:
+    from workers.handlers import Outcome
+
+    jobs = [job_start(job_id=make_job(f"input {i}".encode()).id, worker=HOSTNAME) for i in range(count)]
+    assert all(job is not None for job in jobs)
+    return [job for job in jobs if job is not None], [Outcome(result={"n": i}, inference_ms=1.0, batch_size=count)
+                                                      for i in range(count)]
+
+
+def refusing_the_nth_write(monkeypatch: pytest.MonkeyPatch, nth: set[int]) -> list[str]:
+    """job_succeed as the runner calls it, raising a DatabaseError on the calls numbered in `nth` (from 1)."""
+    from django.db import DatabaseError
+
+    calls: list[str] = []
+    real = runner.job_succeed
+
+    def job_succeed(*, job: Job, **kwargs: Any) -> bool:
+        calls.append(str(job.id))
+        if len(calls) in nth:
+            raise DatabaseError("the database refused this write")
+        return real(job=job, **kwargs)
+
+    monkeypatch.setattr(runner, "job_succeed", job_succeed)
+    return calls
+
+
+def test_where_commits_flush_a_refused_ending_rolls_the_batch_back_and_each_is_written_again_alone(
+        make_job: Callable[[bytes], Job], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(runner, "commits_flush", lambda: True)
+    jobs, outcomes = claimed_echo_jobs(make_job, 3)
+    calls = refusing_the_nth_write(monkeypatch, {3})  # the third job's write, inside the batch's transaction
+
+    ended = runner.write_endings(jobs, outcomes)
+
+    ids = [str(job.id) for job in jobs]
+    # The first two were written in the transaction, which the third's refusal rolled back: written again alone,
+    # each one's guarded UPDATE found it still running (had their first write stood, it would have found them
+    # ended and written nothing, and they would not count as ended here).
+    assert calls == ids + ids
+    assert ended == set(ids)
+    assert [Job.objects.get(id=job.id).result for job in jobs] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert "could not be written together" in caplog.text
+
+
+def test_where_commits_flush_a_batchs_endings_are_one_transaction(
+        make_job: Callable[[bytes], Job], monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    monkeypatch.setattr(runner, "commits_flush", lambda: True)
+    jobs, outcomes = claimed_echo_jobs(make_job, 3)
+    depth = len(connection.savepoint_ids)  # the test's own transaction: atomic() inside it is a savepoint
+    seen: list[int] = []
+    real = runner.job_succeed
+
+    def job_succeed(**kwargs: Any) -> bool:
+        seen.append(len(connection.savepoint_ids) - depth)
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner, "job_succeed", job_succeed)
+
+    assert runner.write_endings(jobs, outcomes) == {str(job.id) for job in jobs}
+    assert seen == [1, 1, 1]
+
+
+def test_commits_flush_except_on_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    assert not runner.commits_flush()
+    monkeypatch.setattr(connection, "vendor", "postgresql")
+    assert runner.commits_flush()
+
+
+def test_where_commits_do_not_flush_each_ending_is_its_own_write_and_a_refused_one_leaves_the_others_written(
+        make_job: Callable[[bytes], Job], monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import DatabaseError, connection
+
+    monkeypatch.setattr(runner, "commits_flush", lambda: False)
+    jobs, outcomes = claimed_echo_jobs(make_job, 3)
+    depth = len(connection.savepoint_ids)
+    calls = refusing_the_nth_write(monkeypatch, {2})
+
+    with pytest.raises(DatabaseError):
+        runner.write_endings(jobs, outcomes)
+
+    assert len(connection.savepoint_ids) == depth  # no transaction of its own
+    assert calls == [str(jobs[0].id), str(jobs[1].id)]
+    assert [Job.objects.get(id=job.id).status for job in jobs] == [JobStatus.SUCCEEDED, JobStatus.RUNNING,
+                                                                   JobStatus.RUNNING]
