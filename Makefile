@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Local runs (DEBUG off) get a secret key generated once into var/secret_key; production sets its own.
 export DJANGO_SECRET_KEY ?= $(shell $(PYTHON) scripts/local_secret.py)
 
-.PHONY: install run test test-unit test-integration lint token bench bench-quick bench-split bench-web bench-pools clean
+.PHONY: install run test test-unit test-integration test-postgres lint token bench bench-quick bench-split bench-web bench-pools clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
+
+# The integration tests again, each stack on a fresh database of a PostgreSQL server instead of SQLite (its user
+# must be allowed to create databases), and the batch claim's test on that server.
+INFERQ_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+test-postgres: $(STAMP)
+	INFERQ_INTEGRATION_POSTGRES_URL=$(INFERQ_TEST_POSTGRES_URL) INFERQ_TEST_POSTGRES_URL=$(INFERQ_TEST_POSTGRES_URL) \
+		$(PY) -m pytest tests/integration tests/project/test_postgresql_claim.py --deselect tests/integration/test_bench_quick.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -182,4 +182,25 @@ def base_env(workdir: Path, store: Path) -> dict[str, str]:
         "INFERQ_COMPAT_ALLOW_ANONYMOUS": "1",
         "PYTHONUNBUFFERED": "1",
     })
+    server = os.environ.get("INFERQ_INTEGRATION_POSTGRES_URL")
+    if server:  # `make test-postgres`: each stack on a fresh database of that server instead of SQLite
+        env["DATABASE_URL"] = fresh_postgres_database(server)
     return env
+
+
+def fresh_postgres_database(server: str) -> str:
+    """The URL of a new, empty database on a PostgreSQL `server` (dropped when this process exits)."""
+    import atexit
+
+    import psycopg
+
+    name = f"inferq_it_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+
+    def drop() -> None:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    atexit.register(drop)
+    return server.rsplit("/", 1)[0] + f"/{name}"
