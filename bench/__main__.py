@@ -352,14 +352,18 @@ def main() -> int:
     big_best = max(results["big_1"], results["big_2"])
     a_rounds, b_rounds = results["a_rounds"], results["b_rounds"]
 
+    def around(limits: list[float], turn: int) -> float:
+        """The mean of the limit measured on either side of (b)'s `turn`."""
+        return (limits[turn] + limits[turn + 1]) / 2
+
     def turn_ratios(limits: list[float]) -> list[float]:
-        """Each turn of (b) over the mean of the limit measured on either side of it."""
-        return [b / ((limits[i] + limits[i + 1]) / 2) for i, b in enumerate(b_rounds)]
+        """Each turn of (b) over the limit around it."""
+        return [b / around(limits, i) for i, b in enumerate(b_rounds)]
 
     b_ratios = turn_ratios(a_rounds)
     # The turn whose ratio is the median, taken apart (bench/turn.py), beside the time (a)'s pace would have taken.
     mid = sorted(range(len(b_ratios)), key=lambda i: b_ratios[i])[len(b_ratios) // 2]
-    mid_turn, mid_pace = results["b_turns"][mid], len(images) / ((a_rounds[mid] + a_rounds[mid + 1]) / 2)
+    mid_turn, mid_pace = results["b_turns"][mid], len(images) / around(a_rounds, mid)
     b_one_pass = statistics.median(turn_ratios(results["one_pass_rounds"]))
     b_rate, b_ratio = statistics.median(b_rounds), statistics.median(b_ratios)
     limit_mean = statistics.fmean(a_rounds)

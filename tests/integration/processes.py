@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,23 +185,21 @@ def base_env(workdir: Path, store: Path) -> dict[str, str]:
     })
     server = os.environ.get("INFERQ_INTEGRATION_POSTGRES_URL")
     if server:  # `make test-postgres`: each stack on a fresh database of that server instead of SQLite
-        env["DATABASE_URL"] = fresh_postgres_database(server)
+        env["DATABASE_URL"], drop = postgres_database(server)
+        atexit.register(drop)  # once this process's stacks have stopped
     return env
 
 
-def fresh_postgres_database(server: str) -> str:
-    """The URL of a new, empty database on a PostgreSQL `server` (dropped when this process exits)."""
-    import atexit
-
+def postgres_database(server: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty database on a PostgreSQL `server`: its URL, and a function that drops it."""
     import psycopg
 
     name = f"inferq_it_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
+    with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
         admin.execute(f"CREATE DATABASE {name}")
 
     def drop() -> None:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    atexit.register(drop)
-    return server.rsplit("/", 1)[0] + f"/{name}"
+    return server.rsplit("/", 1)[0] + f"/{name}", drop

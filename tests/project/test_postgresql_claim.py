@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.processes import ROOT, base_env
+from tests.integration.processes import ROOT, base_env, postgres_database
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -42,23 +41,20 @@ print(len(claimed), Job.objects.filter(status=JobStatus.RUNNING).count())
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[dict[str, str]]:
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A fresh, migrated database on the server, dropped afterwards; the environment that points at it."""
+    monkeypatch.delenv("INFERQ_INTEGRATION_POSTGRES_URL", raising=False)  # base_env makes no second one
     try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
+        url, drop = postgres_database(SERVER)
     except psycopg.OperationalError as exc:
         pytest.skip(f"no PostgreSQL server answers at {SERVER}: {exc}")
-    name = f"inferq_claim_{uuid.uuid4().hex[:12]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    env = base_env(tmp_path, tmp_path / "models")
-    env["DATABASE_URL"] = SERVER.rsplit("/", 1)[0] + f"/{name}"
+    env = {**base_env(tmp_path, tmp_path / "models"), "DATABASE_URL": url}
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
                        timeout=120)
         yield env
     finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+        drop()
 
 
 def test_a_claim_takes_at_most_its_limit_of_the_queued_jobs(database: dict[str, str]) -> None:
