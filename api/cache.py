@@ -46,18 +46,9 @@ _latest_answer = PreparedGet(Job, *_CACHE_KEY, **_ANSWER)
 _latest_own_answer = PreparedGet(Job, *_CACHE_KEY, "owner", **_ANSWER)
 
 
-def job_create_cached(
-    *,
-    owner: AbstractBaseUser,
-    source: Job,
-    content_type: str,
-    size: int,
-    batch: Batch | None = None,
-    idempotency_key: str | None = None,
-) -> Job:
-    """A new job for `owner`, already succeeded with `source`'s result (no input kept, nothing enqueued)."""
-    from api.events import job_event_publish_on_commit
-
+def cached_job_new(*, owner: AbstractBaseUser, source: Job, content_type: str, size: int,
+                   batch: Batch | None = None, idempotency_key: str | None = None) -> Job:
+    """A new job for `owner`, already succeeded with `source`'s result, not yet saved (no input kept)."""
     now = timezone.now()
     job = new_instance(
         Job,
@@ -78,6 +69,31 @@ def job_create_cached(
         idempotency_key=idempotency_key or None,
     )
     job.created_at = now
+    return job
+
+
+def cached_job_announce(job: Job, *, source_id: Any) -> None:
+    """Log a job answered from the cache and, once committed, announce that it ended."""
+    from api.events import job_event_publish_on_commit
+
+    logger.info("job answered from cache", extra={"job_id": str(job.id), "model": job.model_name,
+                                                  "status": "succeeded", "cached": True,
+                                                  "source_job_id": str(source_id)})
+    job_event_publish_on_commit(job)
+
+
+def job_create_cached(
+    *,
+    owner: AbstractBaseUser,
+    source: Job,
+    content_type: str,
+    size: int,
+    batch: Batch | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """A new job for `owner`, already succeeded with `source`'s result (no input kept, nothing enqueued)."""
+    job = cached_job_new(owner=owner, source=source, content_type=content_type, size=size, batch=batch,
+                         idempotency_key=idempotency_key)
     try:
         with transaction.atomic():
             job.save(force_insert=True)
@@ -85,8 +101,5 @@ def job_create_cached(
         if idempotency_key:
             return Job.objects.get(owner=owner, idempotency_key=idempotency_key)
         raise
-    logger.info("job answered from cache", extra={"job_id": str(job.id), "model": job.model_name,
-                                                  "status": "succeeded", "cached": True,
-                                                  "source_job_id": str(source.id)})
-    job_event_publish_on_commit(job)
+    cached_job_announce(job, source_id=source.id)
     return job

@@ -2,7 +2,7 @@
 
     ApiError                      {"error": {"code", "message"}}
     ├── InvalidInput (400)        bad_request, empty_input, invalid_image, invalid_json, invalid_base64,
-    │                             invalid_tensor, image_too_large (pixels)
+    │                             invalid_tensor, image_too_large (pixels), too_many_inputs (a bulk submit)
     ├── NotFound (404)            not_found, unknown_model
     ├── PayloadTooLarge (413)     too_large
     ├── UnsupportedMediaType (415) unsupported_media_type

@@ -387,9 +387,10 @@ def _preparer(field: Any, connection: Any) -> Callable[[Any], Any]:
     return prep
 
 
-# Per model and vendor: the INSERT, and each concrete field with how its value is read (`pre_save`, or the
-# attribute itself where the field's `pre_save` is Field's own, which only reads it) and prepared.
-_inserts: dict[tuple[Any, str], tuple[str, list[tuple[Any, Callable[[Any], Any] | None, Callable[[Any], Any]]]]] = {}
+# Per model and vendor: the INSERT's columns, and each concrete field with how its value is read (`pre_save`, or
+# the attribute itself where the field's `pre_save` is Field's own, which only reads it) and prepared.
+_FieldPlan = list[tuple[Any, Callable[[Any], Any] | None, Callable[[Any], Any]]]
+_inserts: dict[tuple[Any, str], tuple[str, str, _FieldPlan]] = {}
 
 
 def insert_row(obj: models.Model) -> None:
@@ -400,7 +401,15 @@ def insert_row(obj: models.Model) -> None:
     behind; inside one, the caller's `atomic()` decides. On SQLite it goes straight to the sqlite3 connection
     where nothing watches statements (`_plain_execute`), as the other prepared statements do.
     """
-    model = type(obj)
+    insert_rows([obj])
+
+
+def insert_rows(objs: list[M]) -> None:
+    """`insert_row` for several rows of one model in one multi-row INSERT: one statement, so outside a
+    transaction either every row is stored or (a duplicate key, say) none is."""
+    if not objs:
+        return
+    model = type(objs[0])
     alias = router.db_for_write(model)
     connection = connections[alias]
     key = (model, connection.vendor)
@@ -409,17 +418,19 @@ def insert_row(obj: models.Model) -> None:
         fields = model._meta.concrete_fields
         quote = connection.ops.quote_name
         columns = ", ".join(quote(f.column) for f in fields)
-        marks = ", ".join(["%s"] * len(fields))
-        sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({marks})"  # noqa: S608
-        built = _inserts[key] = (sql, [(f, attrgetter(f.attname) if type(f).pre_save is models.Field.pre_save
-                                        else None, _preparer(f, connection)) for f in fields])
-    sql, plan = built
-    params = [prep(read(obj) if read is not None else f.pre_save(obj, True)) for f, read, prep in plan]
+        marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "  # noqa: S608
+        built = _inserts[key] = (head, marks, [(f, attrgetter(f.attname) if type(f).pre_save is models.Field.pre_save
+                                                else None, _preparer(f, connection)) for f in fields])
+    head, marks, plan = built
+    sql = head + ", ".join([marks] * len(objs))
+    params = [prep(read(obj) if read is not None else f.pre_save(obj, True)) for obj in objs for f, read, prep in plan]
     if _plain_execute(connection, sql, params) is None:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-    obj._state.adding = False
-    obj._state.db = alias
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = alias
 
 
 # Per model: each concrete field's name, attname, default, whether it is a relation, and whether its attribute

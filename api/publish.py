@@ -67,7 +67,7 @@ def broker_client(app: Any) -> redis.Redis | None:
 
 
 class _Pushes(Protocol):
-    def lpush(self, name: str, value: bytes) -> Any: ...
+    def lpush(self, name: str, *values: bytes) -> Any: ...
 
 
 # Per broker URL, as `_clients`: what task_publish pushes through (one per process).
@@ -160,17 +160,28 @@ def envelope(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue
 def task_publish(app: Any, *, name: str, task_id: str, kwargs: dict[str, Any], queue: str,
                  time_limit: float | None = None, soft_time_limit: float | None = None) -> None:
     """Put one task message on `queue`; raises the broker's error (redis or kombu) when it cannot."""
+    task_publish_many(app, name=name, tasks=[(task_id, kwargs)], queue=queue, time_limit=time_limit,
+                      soft_time_limit=soft_time_limit)
+
+
+def task_publish_many(app: Any, *, name: str, tasks: list[tuple[str, dict[str, Any]]], queue: str,
+                      time_limit: float | None = None, soft_time_limit: float | None = None) -> None:
+    """Put one message per (task id, kwargs) on `queue`, in that order; raises the broker's error (redis or
+    kombu) when it cannot. On Redis they go in one LPUSH, which stores all of them or none."""
+    if not tasks:
+        return
     pusher = broker_pusher(app)
     if pusher is None:
         options = {"soft_time_limit": soft_time_limit, "time_limit": time_limit} if time_limit else {}
-        app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, retry=True, **options)
+        for task_id, kwargs in tasks:
+            app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, retry=True, **options)
         return
-    data = envelope(app, name=name, task_id=task_id, kwargs=kwargs, queue=queue, time_limit=time_limit,
-                    soft_time_limit=soft_time_limit)
+    messages = [envelope(app, name=name, task_id=task_id, kwargs=kwargs, queue=queue, time_limit=time_limit,
+                         soft_time_limit=soft_time_limit) for task_id, kwargs in tasks]
     retries = int((app.conf.task_publish_retry_policy or {}).get("max_retries", 0))
     for attempt in range(retries + 1):
         try:
-            pusher.lpush(queue, data)
+            pusher.lpush(queue, *messages)
             return
         except (redis.ConnectionError, redis.TimeoutError):
             # A connection Redis dropped is retried on a fresh one; a Redis that is down fails fast.

@@ -68,12 +68,13 @@ class RespPusher:
             return cls(path=unquote(parts.path), **common)  # type: ignore[arg-type]
         return None
 
-    def lpush(self, key: str, value: bytes) -> int:
-        """LPUSH `value` onto `key`; the list's length after it. Raises redis.ConnectionError, TimeoutError or
-        ResponseError (as redis-py would) and then leaves no connection behind for the next call."""
+    def lpush(self, key: str, *values: bytes) -> int:
+        """LPUSH `values` onto `key` (one command: all or none); the list's length after it. Raises
+        redis.ConnectionError, TimeoutError or ResponseError (as redis-py would) and then leaves no connection
+        behind for the next call."""
         sock = self._socket()
         try:
-            return int(self._call(sock, _bulk(b"LPUSH", key.encode(), value)))
+            return int(self._call(sock, _bulk(b"LPUSH", key.encode(), *values)))
         except BaseException:
             self._drop(sock)
             raise

@@ -112,6 +112,13 @@ class JobCreateMultipartSerializer(serializers.Serializer):
     input = serializers.FileField(help_text="The input file (image, or .npy for tensor models).")
 
 
+class JobBulkCreateMultipartSerializer(serializers.Serializer):
+    input = serializers.ListField(child=serializers.FileField(), help_text="One file field per input, each named "
+                                  "`input` (images, or .npy for tensor models), in the order of the answer's jobs.")
+
+
+BULK_REQUEST: dict[str, Any] = {"multipart/form-data": JobBulkCreateMultipartSerializer}
+
 SUBMIT_REQUEST: dict[str, Any] = {
     "image/*": OpenApiTypes.BINARY,
     "application/x-npy": OpenApiTypes.BINARY,
@@ -173,6 +180,15 @@ def _job_page() -> Any:
 
 
 JOB_PAGE = _job_page()
+
+
+def _job_list() -> Any:
+    from api.serializers import JobOutputSerializer
+
+    return inline_serializer("JobList", {"jobs": JobOutputSerializer(many=True)})
+
+
+JOB_LIST = _job_list()
 
 
 BATCH = inline_serializer("Batch", {

@@ -17,12 +17,12 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from api.cache import cached_result_find, job_create_cached
+from api.cache import cached_job_announce, cached_job_new, cached_result_find, job_create_cached
 from api.events import job_event_publish_on_commit
 from api.exceptions import Conflict, InvalidInput, NotFound, Overloaded, ServiceUnavailable
 from api.inputs import ModelInput
 from api.models import ACTIVE_STATUSES, Batch, Job, JobStatus
-from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, new_instance, update_where
+from api.prepared import PreparedGet, PreparedUpdateReturning, insert_row, insert_rows, new_instance, update_where
 from api.retention import input_file_delete
 from api.selectors import job_with_input_by_id
 from tasks.inference import TASK_NAME
@@ -57,18 +57,28 @@ def job_enqueue(*, job: Job, spec: ModelSpec | None = None) -> None:
     Callers stamp `enqueued_at` in the write that precedes this (no second write after publishing:
     on SQLite it would contend with the worker already claiming the job).
     """
-    from api.publish import task_publish
+    jobs_enqueue(jobs=[job], spec=spec)
+
+
+def jobs_enqueue(*, jobs: list[Job], spec: ModelSpec | None = None) -> None:
+    """`job_enqueue` for jobs of one model, in order, in one push to the broker (all or none on Redis)."""
+    from api.publish import task_publish_many
     from project.celery import app
 
+    if not jobs:
+        return
+    model = jobs[0].model_name
     limits: dict[str, float] = {}
     if spec is not None and spec.timeout_s:
         # The model's own time limit: soft fails the job with `timeout`, hard recycles the process.
         limits = {"soft_time_limit": float(spec.timeout_s), "time_limit": float(spec.timeout_s) + 10.0}
     try:
-        task_publish(app, name=TASK_NAME, task_id=str(job.id), kwargs={"job_id": str(job.id), "model": job.model_name},
-                     queue=f"inferq.model.{job.model_name}", **limits)
+        task_publish_many(app, name=TASK_NAME, tasks=[(str(job.id), {"job_id": str(job.id), "model": model})
+                                                      for job in jobs],
+                          queue=f"inferq.model.{model}", **limits)
     except (KombuOperationalError, RedisError, OSError) as exc:
-        logger.error("broker unavailable while enqueueing job %s: %s", job.id, exc)
+        logger.error("broker unavailable while enqueueing %s: %s",
+                     f"job {jobs[0].id}" if len(jobs) == 1 else f"{len(jobs)} jobs", exc)
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.",
                                  code="broker_unavailable") from exc
 
@@ -79,8 +89,8 @@ _depth_seen: dict[str, list[float]] = {}
 _DEPTH_MARGIN = 100
 
 
-def check_queue_capacity(*, spec: ModelSpec) -> None:
-    """429 `queue_full` when the model already has its bound of queued jobs.
+def check_queue_capacity(*, spec: ModelSpec, adding: int = 1) -> None:
+    """429 `queue_full` when the model already has its bound of queued jobs (or would pass it by `adding`).
 
     Exact near the bound; far from it (more than 100 below), a count at most one second old is
     reused, so a deep backlog does not cost a COUNT on every submit.
@@ -90,12 +100,15 @@ def check_queue_capacity(*, spec: ModelSpec) -> None:
         return
     now = time.monotonic()
     seen = _depth_seen.get(spec.name)
-    if seen and now - seen[1] < 1.0 and seen[0] + seen[2] < limit - _DEPTH_MARGIN:
-        seen[2] += 1
+    if seen and now - seen[1] < 1.0 and seen[0] + seen[2] + adding <= limit - _DEPTH_MARGIN:
+        seen[2] += adding
         return
     queued = Job.objects.filter(model_name=spec.name, status=JobStatus.QUEUED).count()
-    _depth_seen[spec.name] = [queued, now, 1]
-    if queued >= limit:
+    _depth_seen[spec.name] = [queued, now, adding]
+    if queued + adding > limit:
+        if adding > 1 and queued < limit:
+            raise Overloaded(f"Model {spec.name!r} has room for {limit - queued} more queued jobs, not "
+                             f"{adding}; send fewer inputs or retry later.", code="queue_full", retry_after=5)
         raise Overloaded(f"Model {spec.name!r} has {limit} jobs queued already; retry later.",
                          code="queue_full", retry_after=5)
 
@@ -126,22 +139,8 @@ def job_create(
         return job_create_cached(owner=owner, source=hit, content_type=model_input.content_type,
                                  size=len(model_input.data), batch=batch, idempotency_key=idempotency_key)
     check_queue_capacity(spec=spec)
-    job = new_instance(
-        Job,
-        owner=owner,
-        model_name=spec.name,
-        model_version=spec.version,
-        input_content_type=model_input.content_type,
-        input_size=len(model_input.data),
-        input_sha256=sha256,
-        batch=batch,
-        idempotency_key=idempotency_key or None,
-    )
-    job.created_at = job.enqueued_at = timezone.now()
-    if len(model_input.data) <= settings.INFERQ_INLINE_INPUT_BYTES:
-        job.input_data = model_input.data
-    else:
-        job.input.save(str(job.id), ContentFile(model_input.data), save=False)
+    job = _queued_job(owner=owner, spec=spec, model_input=model_input, sha256=sha256, batch=batch,
+                      idempotency_key=idempotency_key)
     try:
         if transaction.get_connection().in_atomic_block:
             with transaction.atomic():  # a savepoint, so a duplicate key leaves the caller's transaction usable
@@ -163,6 +162,75 @@ def job_create(
         raise
     logger.info("job queued", extra={"job_id": str(job.id), "model": job.model_name, "status": "queued"})
     return job
+
+
+def _queued_job(*, owner: AbstractBaseUser, spec: ModelSpec, model_input: ModelInput, sha256: str,
+                batch: Batch | None, idempotency_key: str | None) -> Job:
+    """A new queued job with its input stored (in the row when small, else through the storage), not yet saved."""
+    job = new_instance(
+        Job,
+        owner=owner,
+        model_name=spec.name,
+        model_version=spec.version,
+        input_content_type=model_input.content_type,
+        input_size=len(model_input.data),
+        input_sha256=sha256,
+        batch=batch,
+        idempotency_key=idempotency_key or None,
+    )
+    job.created_at = job.enqueued_at = timezone.now()
+    if len(model_input.data) <= settings.INFERQ_INLINE_INPUT_BYTES:
+        job.input_data = model_input.data
+    else:
+        job.input.save(str(job.id), ContentFile(model_input.data), save=False)
+    return job
+
+
+def jobs_create(*, owner: AbstractBaseUser, spec: ModelSpec, model_inputs: list[ModelInput],
+                batch: Batch | None = None) -> list[Job]:
+    """Jobs for several inputs to one model, in their order, all or none.
+
+    Each is what `job_create` would make of its input alone (a result-cache hit is answered at once), but
+    the rows go in as one multi-row INSERT and the messages to the broker as one push: a failure at either
+    step leaves no job behind (503 when the broker is down), so a client that retries never makes twins.
+    """
+    if not model_inputs:
+        raise InvalidInput("No inputs were sent.", code="empty_input")
+    check_queue_capacity(spec=spec, adding=len(model_inputs))
+    jobs: list[Job] = []
+    queued: list[Job] = []
+    sources: dict[Any, Any] = {}  # cached job's id -> the job it copies
+    try:
+        for model_input in model_inputs:
+            sha256 = hashlib.sha256(model_input.data).hexdigest()
+            hit = cached_result_find(owner=owner, spec=spec, sha256=sha256)
+            if hit is not None:
+                job = cached_job_new(owner=owner, source=hit, content_type=model_input.content_type,
+                                     size=len(model_input.data), batch=batch)
+                sources[job.id] = hit.id
+            else:
+                job = _queued_job(owner=owner, spec=spec, model_input=model_input, sha256=sha256, batch=batch,
+                                  idempotency_key=None)
+                queued.append(job)
+            jobs.append(job)
+        insert_rows(jobs)  # one statement: every row or none
+    except BaseException:
+        for job in queued:
+            _delete_stored_input(job)
+        raise
+    try:
+        jobs_enqueue(jobs=queued, spec=spec)
+    except ServiceUnavailable:
+        for job in queued:
+            _delete_stored_input(job)
+        Job.objects.filter(id__in=[job.id for job in jobs]).delete()
+        raise
+    for job in jobs:
+        if job.id in sources:
+            cached_job_announce(job, source_id=sources[job.id])
+        else:
+            logger.info("job queued", extra={"job_id": str(job.id), "model": job.model_name, "status": "queued"})
+    return jobs
 
 
 def _delete_stored_input(job: Job) -> None:

@@ -77,10 +77,10 @@ def sync_hits(limit: int) -> int:
     return min(MAX_SYNC_HITS, max(SYNC_HITS, limit // SYNC_SHARE))
 
 
-def uncount_hit(key: str) -> None:
-    """Take back a hit that was refused: a refused request does not use up the budget."""
+def uncount_hit(key: str, hits: int = 1) -> None:
+    """Take back hits that were refused: a refused request does not use up the budget."""
     try:
-        cache.decr(key)
+        cache.decr(key, hits)
     except ValueError:
         pass  # the window expired meanwhile
 
@@ -127,6 +127,14 @@ class CacheRateThrottle(BaseThrottle):
         return f"user:{user.pk}"
 
     def allow_request(self, request: Request, view: Any) -> bool:
+        return self.allow_hits(request, 1)
+
+    def allow_hits(self, request: Request, hits: int, *, counted: int = 0) -> bool:
+        """Whether `hits` more requests' worth fit under the limit (a bulk submit counts each of its inputs);
+        all of them are counted, or none, and then the `counted` hits this request was already allowed are taken
+        back too: a refused request does not use up the budget."""
+        if hits <= 0:
+            return True
         rate = self.rate()
         ident = self.ident_for(request)
         if rate is None or ident is None:
@@ -143,21 +151,21 @@ class CacheRateThrottle(BaseThrottle):
                 tally = _tallies[key] = _Tally(window)
             estimate = tally.previous * weight + tally.shared + tally.pending
             clock = time.monotonic()
-            if (limit >= LOCAL_FROM and estimate + 1 < limit * EXACT_FROM and tally.pending + 1 < sync_hits(limit)
-                    and clock - tally.synced_at < SYNC_SECONDS):
-                tally.pending += 1
+            if (limit >= LOCAL_FROM and estimate + hits < limit * EXACT_FROM
+                    and tally.pending + hits < sync_hits(limit) and clock - tally.synced_at < SYNC_SECONDS):
+                tally.pending += hits
                 return True
             # Refusals, and every hit near the limit, are decided on the shared count, fresh.
-            amount, tally.pending, tally.synced_at = tally.pending + 1, 0, clock
+            amount, tally.pending, tally.synced_at = tally.pending + hits, 0, clock
         previous, current = window_counts(key + str(window - 1), key + str(window), amount=amount,
                                           timeout=2 * period + 1)
         with _tallies_lock:
             tally.previous, tally.shared = previous, current
-        before = current - 1
-        if previous * weight + before >= limit:
-            uncount_hit(key + str(window))
+        before = current - hits
+        if previous * weight + before + hits - 1 >= limit:  # the last of the hits would be over the limit
+            uncount_hit(key + str(window), hits + counted)
             with _tallies_lock:
-                tally.shared -= 1
+                tally.shared -= hits + counted
             self._wait = self._seconds_until_allowed(limit, period, previous, before, elapsed)
             return False
         return True

@@ -14,6 +14,7 @@ from api.views_metrics import MetricsApi
 urlpatterns = [
     path("v1/jobs/<str:job_id>", views.JobDetailApi.as_view(), name="job-detail"),
     path("v1/models/<str:model>/jobs", views.JobCreateApi.as_view(), name="job-create"),
+    path("v1/models/<str:model>/jobs/bulk", views.JobBulkCreateApi.as_view(), name="job-bulk-create"),
     path("v1/models", views.ModelListApi.as_view(), name="model-list"),
     path("v1/models/<str:model>", views.ModelDetailApi.as_view(), name="model-detail"),
     path("v1/jobs", views.JobListApi.as_view(), name="job-list"),

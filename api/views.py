@@ -19,18 +19,20 @@ from rest_framework.response import Response
 
 from api.apiview import ApiView
 from api.events import batch_wait, job_wait, parse_prefer_wait, parse_query_wait
-from api.exceptions import InvalidInput, PayloadTooLarge, error_body
+from api.exceptions import ApiError, InvalidInput, PayloadTooLarge, error_body
 from api.heartbeats import workers_online
 from api.inputs import ModelInput, input_from_bytes, input_from_json
-from api.parsers import RawBytesParser, SafeJSONParser
+from api.parsers import PartsParser, RawBytesParser, SafeJSONParser
 from api.redis_client import get_redis
 from api.schema import (
     BATCH,
     BATCH_ID,
     BATCH_WAIT,
+    BULK_REQUEST,
     HEALTH,
     IDEMPOTENCY_KEY,
     JOB_ID,
+    JOB_LIST,
     JOB_PAGE,
     MODEL,
     MODEL_LIST,
@@ -56,7 +58,7 @@ from api.selectors import (
     model_list,
 )
 from api.serializers import BatchCreateSerializer, JobListFilterSerializer, JobOutputSerializer, job_to_dict
-from api.services import batch_create, job_cancel, job_create, model_spec_get
+from api.services import batch_create, job_cancel, job_create, jobs_create, model_spec_get
 from api.throttling import SubmitRateThrottle
 from workers.store import ModelSpec, get_store
 
@@ -142,6 +144,64 @@ class JobCreateApi(ApiView):
         job = job_create(owner=request.user, spec=spec, model_input=model_input, batch=batch,
                          idempotency_key=key)
         return submit_response(request, job, wait=parse_prefer_wait(request.META.get("HTTP_PREFER")), replayed=replayed)
+
+
+class JobBulkCreateApi(ApiView):
+    parser_classes = [PartsParser]
+    throttle_classes = [SubmitRateThrottle]
+
+    @extend_schema(
+        operation_id="job_bulk_create",
+        summary="Submit several inputs to a model in one request",
+        description="A `multipart/form-data` body with one file field named `input` per input (each part with "
+                    "its own Content-Type), at most `INFERQ_MAX_BULK_INPUTS` of them. Every input is checked "
+                    "first and the jobs are made all or none: a bad input is a 4xx naming it (its number, from "
+                    "1, and its file name) and no job is made. Answers `202` with `{\"jobs\": [...]}` in the "
+                    "inputs' order (`200` when every one was answered from the result cache at once). Counts "
+                    "as one submit per input against the submit rate limit.",
+        parameters=[MODEL, VERSION,
+                    OpenApiParameter("batch", str, description="file the jobs in this batch of yours"),
+                    *SUBMIT_HEADERS],
+        request=BULK_REQUEST,
+        responses={200: JOB_LIST, 202: JOB_LIST, **error_responses(400, 401, 404, 413, 415, 429, 503)},
+    )
+    def post(self, request: Request, model: str) -> HttpResponse:
+        spec = model_spec_get(name=model, version=request.query_params.get("version"))
+        batch_id = request.query_params.get("batch")
+        batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
+        if request.META.get("HTTP_IDEMPOTENCY_KEY"):
+            raise InvalidInput("Idempotency-Key is taken on single submits only; a bulk submit makes all its jobs "
+                               "or none, so it can be sent again as it was.", code="invalid_request")
+        model_inputs = read_bulk_inputs(request, spec)
+        throttle = SubmitRateThrottle()  # the request itself was counted as one submit; each further input too
+        if not throttle.allow_hits(request, len(model_inputs) - 1, counted=1):
+            self.throttled(request, throttle.wait())
+        jobs = jobs_create(owner=request.user, spec=spec, model_inputs=model_inputs, batch=batch)
+        ended = all(job.is_final for job in jobs)
+        return rendered(request, {"jobs": [job_to_dict(job) for job in jobs]},
+                        status_code=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)
+
+
+def read_bulk_inputs(request: Request, spec: ModelSpec) -> list[ModelInput]:
+    """Every part named `input` of a multipart body, checked in order; the first bad one is refused, named."""
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        raise PayloadTooLarge(f"A bulk submit's body is limited to {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+                              f"in all; send its inputs in several requests.")
+    parts = [part for part in request.data if part.name == "input"]
+    if not parts:
+        raise InvalidInput('A bulk submit carries its inputs as multipart file fields named "input".',
+                           code="empty_input")
+    model_inputs = []
+    for number, part in enumerate(parts, start=1):
+        try:
+            if len(part.data) > settings.INFERQ_MAX_INPUT_BYTES:
+                raise PayloadTooLarge(f"Input is larger than the {settings.INFERQ_MAX_INPUT_BYTES}-byte limit.")
+            model_inputs.append(input_from_bytes(part.data, part.content_type or "application/octet-stream", spec))
+        except ApiError as exc:
+            named = f"Input {number}" + (f" ({part.filename})" if part.filename else "")
+            raise type(exc)(f"{named}: {exc.message} No job was made.", code=exc.code) from exc
+    return model_inputs
 
 
 class JobDetailApi(ApiView):

@@ -64,9 +64,12 @@ CORES = len(os.sched_getaffinity(0))
 # flight every batch ends with the queue empty and the next starts part-filled: (b) is printed at that load too.
 CLIENTS = 12
 # `throughput`'s concurrency for "submit every image, then collect every result": into one batch, then one wait
-# for the batch and a page of its results (BULK), or each connection waiting for each of its jobs (PER_JOB).
+# for the batch and a page of its results (BULK: each connection sends its share in bulk submits of up to
+# BULK_INPUTS images; ONE_BY_ONE: a request per image), or each connection waiting for each of its jobs (PER_JOB).
 BULK = "bulk"
+ONE_BY_ONE = "bulk, a request per image"
 PER_JOB = "bulk, job by job"
+BULK_INPUTS = 16
 ONE_BATCH = 8
 # The worker's default: INFERQ_WORKER_CONCURRENCY, else 0 (the worker sizes its pool from the served models).
 DEFAULT_CONCURRENCY = int(os.environ.get("INFERQ_WORKER_CONCURRENCY") or 0)
@@ -139,7 +142,9 @@ def throughput(svc: Service, model: str, images: list[bytes], concurrency: int |
     items = [(img, "image/jpeg") for img in images]
     marks: dict[str, float] = {}
     if concurrency == BULK:
-        run, n = partial(run_batch, marks=marks), CLIENTS
+        run, n = partial(run_batch, marks=marks, per_request=BULK_INPUTS), CLIENTS
+    elif concurrency == ONE_BY_ONE:
+        run, n = run_batch, CLIENTS
     elif concurrency == PER_JOB:
         run, n = run_bulk, CLIENTS
     else:
@@ -304,6 +309,10 @@ def main() -> int:
             # The closed loops and the job-by-job collection once each (a turn each took a minute on a slow host).
             results["b_loop"] = throughput(svc, main_model, images, CLIENTS)
             results["b_one_batch"] = throughput(svc, main_model, images, ONE_BATCH)
+            # (b) as it was measured until 2026-12-07: the same batch, each image in a request of its own.
+            before = cpu_by_role(groups)
+            results["b_one_by_one"] = throughput(svc, main_model, images, ONE_BY_ONE)
+            results["b_one_by_one_cpu"] = cpu_ms_per_image(groups, before, sent)
             # The same load collected the way it was until 2026-12-06: each connection long-polls each of its jobs.
             before = cpu_by_role(groups)
             results["b_per_job"] = throughput(svc, main_model, images, PER_JOB)
@@ -385,7 +394,8 @@ def main() -> int:
         ("    side by side, 1 thread each", f"{main_model}, batch {4 if not quick else 2}, {CORES} loops"
          + (", 1x1 convolutions on oneDNN" if per_core["onednn_1x1"] else ""),
          f"{per_core_rate:.2f} img/s", ""),
-        ("(b) InferQ end to end (HTTP)", f"{main_model}, default config, all submitted, then collected",
+        ("(b) InferQ end to end (HTTP)",
+         f"{main_model}, default config, all submitted (bulk submits of {BULK_INPUTS}), then collected",
          f"{b_rate:.2f} img/s", f"(b)/(a) = {b_ratio:.3f}  [target >= 0.95]; rounds "
                                 + ", ".join(f"{r:.3f}" for r in b_ratios)
                                 + f"; / the best single-pass loop (batch {layout_of(one_pass)[0]}) = {b_one_pass:.3f}"
@@ -400,6 +410,9 @@ def main() -> int:
         ("    CPU per image during (b)", ", ".join(results["b_cpu"]) + "; (a)",
          " / ".join(f"{ms:.1f}" for ms in results["b_cpu"].values())
          + f"; {limit['cpu_ms_per_item'][best]:.1f} ms", "the pool beyond (a), and the rest: the queue's cost"),
+        ("    a request per image", f"{main_model}, as (b) but each image submitted alone",
+         f"{results['b_one_by_one']:.2f} img/s", f"/ (a) = {results['b_one_by_one'] / limit_mean:.3f}; CPU per image "
+         + " / ".join(f"{ms:.1f}" for ms in results["b_one_by_one_cpu"].values()) + " ms"),
         ("    collected job by job", f"{main_model}, each connection waits for each of its jobs",
          f"{results['b_per_job']:.2f} img/s", f"/ (a) = {results['b_per_job'] / limit_mean:.3f}; CPU per image "
          + " / ".join(f"{ms:.1f}" for ms in results["b_per_job_cpu"].values()) + " ms"),

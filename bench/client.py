@@ -6,12 +6,27 @@ import http.client
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
 FINAL = {"succeeded", "failed", "canceled"}
+
+
+def multipart(items: list[tuple[bytes, str]], field: str = "input") -> tuple[bytes, str]:
+    """A multipart/form-data body with one file part per (bytes, content type), all named `field`: (body, its
+    Content-Type header)."""
+    boundary = f"inferq-{uuid.uuid4().hex}"
+    parts = []
+    for number, (data, content_type) in enumerate(items, start=1):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{number}"\r\n'
+                     f"Content-Type: {content_type}\r\n\r\n".encode())
+        parts.append(data)
+        parts.append(b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class Client:
@@ -52,6 +67,13 @@ class Client:
             headers["Prefer"] = f"wait={wait}"
         query = f"?batch={batch}" if batch else ""
         return self.call("POST", f"/v1/models/{model}/jobs{query}", data, headers, expect=(200, 202), what="submit")
+
+    def submit_many(self, model: str, items: list[tuple[bytes, str]], batch: str | None = None) -> list[dict[str, Any]]:
+        """Several inputs in one bulk submit (`POST /v1/models/{model}/jobs/bulk`, one multipart part each)."""
+        body, content_type = multipart(items)
+        query = f"?batch={batch}" if batch else ""
+        return self.call("POST", f"/v1/models/{model}/jobs/bulk{query}", body, {"Content-Type": content_type},
+                         expect=(200, 202), what="bulk submit")["jobs"]
 
     def result(self, job: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
         """Wait for a job to end: long-poll with ?wait= (sleeping between polls if the server returns early)."""
@@ -111,10 +133,11 @@ def _path_and_query(url: str) -> str:
 
 def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
               connections: int = 12, timeout: float = 600,
-              marks: dict[str, float] | None = None) -> tuple[float, list[dict[str, Any]]]:
+              marks: dict[str, float] | None = None, per_request: int = 1) -> tuple[float, list[dict[str, Any]]]:
     """Push a folder's worth the way the API offers for it: open a batch, submit every item into it over
-    `connections` keep-alive connections, wait for the batch to end (`GET /v1/batches/{id}?wait=`, one held
-    request whatever the batch's size), then read every result a page of 1000 jobs at a time.
+    `connections` keep-alive connections (`per_request` inputs in each request: a bulk submit from 2 on), wait
+    for the batch to end (`GET /v1/batches/{id}?wait=`, one held request whatever the batch's size), then read
+    every result a page of 1000 jobs at a time.
     (seconds from opening the batch to the last page, jobs in the items' order). `marks`, if given, gets the wall
     clock (`time.time()`) as the batch is opened, once every submit is answered and once the last page is read."""
     head = Client(base, token)
@@ -127,6 +150,13 @@ def run_batch(base: str, token: str, model: str, items: list[tuple[bytes, str]],
 
     def one(share: range) -> None:
         client = Client(base, token)
+        if per_request > 1:
+            for start in range(0, len(share), per_request):
+                chunk = share[start:start + per_request]
+                jobs = client.submit_many(model, [items[i] for i in chunk], batch=batch)
+                for i, job in zip(chunk, jobs, strict=True):
+                    ids[i] = job["id"]
+            return
         for i in share:
             ids[i] = client.submit(model, *items[i], batch=batch)["id"]
 

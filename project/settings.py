@@ -226,6 +226,10 @@ INFERQ_BACKLOG_RUN_S = env_float("INFERQ_BACKLOG_RUN_S", 1.0)
 # Seconds a worker heartbeat stays valid; /readyz and /v1/models count workers seen within it.
 INFERQ_HEARTBEAT_TTL = env_int("INFERQ_HEARTBEAT_TTL", 30)
 
+# Inputs one bulk submit (`POST /v1/models/{model}/jobs/bulk`, multipart) may carry; its whole body stays within
+# the one request body limit below.
+INFERQ_MAX_BULK_INPUTS = env_int("INFERQ_MAX_BULK_INPUTS", 100)
+
 DATA_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = INFERQ_MAX_INPUT_BYTES + 1024 * 1024
 # Uploads stay in memory (bodies are capped above), so no request ever leaves a temporary file behind.

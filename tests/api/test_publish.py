@@ -129,6 +129,21 @@ def test_on_redis_it_is_one_push_onto_the_queue(monkeypatch: Any) -> None:
     assert json.loads(server.lpop("inferq.model.x"))["headers"]["id"] == "t-2"
 
 
+def test_many_messages_are_one_push_taken_in_the_order_given(monkeypatch: Any) -> None:
+    server = fakeredis.FakeRedis()
+    pushes: list[int] = []
+    monkeypatch.setattr(publish, "broker_pusher", lambda app: server)
+    monkeypatch.setattr(server, "lpush", lambda key, *values: pushes.append(len(values)) or
+                        fakeredis.FakeRedis.lpush(server, key, *values))
+
+    publish.task_publish_many(app, name="inference.run", tasks=[(f"t-{i}", {"job_id": f"t-{i}"}) for i in range(3)],
+                              queue="inferq.model.x")
+
+    assert pushes == [3]
+    # A worker takes from the far end (BRPOP): the first job given is the first taken.
+    assert waiting(server, "inferq.model.x") == ["t-0", "t-1", "t-2"]
+
+
 def test_a_dropped_connection_is_retried_and_a_dead_broker_raises(monkeypatch: Any) -> None:
     import redis
 

@@ -49,6 +49,15 @@ def test_it_pushes_onto_the_database_the_url_names_with_the_password_it_gives(re
     assert read(redis_db, "q", db=0) == []
 
 
+def test_several_values_go_in_one_push_in_redis_order(redis_db: dict[str, Any]) -> None:
+    pusher = RespPusher.from_url(f"redis://:s3cret@127.0.0.1:{redis_db['port']}/0", timeout=1, connect_timeout=1)
+    assert pusher is not None
+
+    assert pusher.lpush("q", b"a", b"b\r\nc", b"") == 3
+
+    assert read(redis_db, "q") == [b"", b"b\r\nc", b"a"]
+
+
 def test_a_unix_socket_url_and_a_db_in_the_query(redis_db: dict[str, Any]) -> None:
     pusher = RespPusher.from_url(f"unix://:s3cret@{redis_db['unix']}?db=2", timeout=1, connect_timeout=1)
     assert pusher is not None and pusher.path == redis_db["unix"]

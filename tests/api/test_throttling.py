@@ -178,3 +178,36 @@ def test_processes_tallying_apart_still_stop_at_the_limit(user: Any, settings: A
     assert allowed == limit
     # Well below 80% of the limit, most hits were tallied locally.
     assert len(counted_syncs) < limit + 200 - 0.7 * limit
+
+
+@pytest.mark.parametrize("backend", ["locmem", "redis"])
+def test_several_hits_at_once_are_all_counted_or_none(user: Any, settings: Any, monkeypatch: Any,
+                                                      backend: str) -> None:
+    """A bulk submit counts each of its inputs: hits that do not all fit are refused together and taken back."""
+    import api.throttling
+
+    if backend == "redis":
+        from tests.api.test_redis_cache import make_cache
+
+        monkeypatch.setattr(api.throttling, "cache", make_cache()[0])
+    settings.INFERQ_THROTTLE_RATES = {"api": "10/min"}
+    monkeypatch.setattr(api.throttling.time, "time", Clock(60_000.0 * 60 + 1))
+    request, throttle = poll_request(user), CacheRateThrottle()
+
+    assert throttle.allow_hits(request, 7)
+    assert not throttle.allow_hits(request, 4)  # 11 > 10: none of the four is counted
+    assert throttle.allow_hits(request, 3)  # so three still fit
+    assert not throttle.allow_request(request, None)
+    assert throttle.allow_hits(request, 0)  # nothing asked, nothing refused
+
+
+def test_far_below_a_large_limit_several_hits_are_tallied_together(user: Any, settings: Any,
+                                                                   counted_syncs: list[int]) -> None:
+    settings.INFERQ_THROTTLE_RATES = {"api": "10000/min"}
+    request, throttle = poll_request(user), CacheRateThrottle()
+
+    assert throttle.allow_hits(request, 1)  # the first hit reads the shared count
+    assert all(throttle.allow_hits(request, 20) for _ in range(3))  # 60 pending, under the 64 a trip carries
+    assert throttle.allow_hits(request, 20)  # 80: sent
+
+    assert counted_syncs == [1, 80]

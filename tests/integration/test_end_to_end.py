@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -136,3 +139,42 @@ def _digit() -> bytes:
     from workers.digits import holdout_pngs
 
     return holdout_pngs(1)[0][0]
+
+
+def test_bulk_submit_over_uwsgi_runs_every_input_and_refuses_a_bad_one_whole(service: Service) -> None:
+    """One multipart request of many digits, as `curl -F input=@a.png -F input=@b.png` sends it: a job per input,
+    in order, each answered as it would be alone; a bad input among good ones makes none."""
+    from workers.digits import holdout_pngs
+
+    # Bytes of their own (a text chunk with a fresh nonce), so that no earlier test's job answers them from the
+    # result cache: every one goes through the worker.
+    nonce = uuid.uuid4().hex
+    pairs = [(_with_text(png, f"{nonce}-{i}"), label) for i, (png, label) in enumerate(holdout_pngs(40))]
+    url = f"{service.base}/v1/models/digits/jobs/bulk"
+    files = [("input", (f"{i}.png", png, "image/png")) for i, (png, _) in enumerate(pairs)]
+    response = requests.post(url, files=files, headers=service.headers, timeout=30)
+    assert response.status_code == 202, response.text
+    jobs = response.json()["jobs"]
+    assert len(jobs) == len(pairs) and len({job["id"] for job in jobs}) == len(pairs)
+    ended = [service.wait_job(job["id"]) for job in jobs]
+    handler = local_handler(service.store, "digits")
+    for (png, _), job in zip(pairs, ended, strict=True):
+        assert job["status"] == "succeeded" and not job["cached"], job
+        assert job["result"]["predictions"][0]["index"] == handler(png, "image/png")["predictions"][0]["index"]
+    right = sum(job["result"]["predictions"][0]["index"] == label for (_, label), job in zip(pairs, ended, strict=True))
+    assert right >= 36
+
+    before = requests.get(f"{service.base}/v1/jobs", headers=service.headers, timeout=10).json()["count"]
+    bad = [files[0], ("input", ("broken.png", b"not a png", "image/png")), files[1]]
+    refused = requests.post(url, files=bad, headers=service.headers, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_image"
+    assert "Input 2 (broken.png)" in refused.json()["error"]["message"]
+    assert requests.get(f"{service.base}/v1/jobs", headers=service.headers, timeout=10).json()["count"] == before
+
+
+def _with_text(png: bytes, text: str) -> bytes:
+    """The same PNG image with a tEXt chunk after its header: other bytes, the same pixels."""
+    data = b"Comment\x00" + text.encode()
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return png[:33] + chunk + png[33:]  # the signature (8 bytes) and IHDR (25) come first
