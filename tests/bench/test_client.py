@@ -80,6 +80,11 @@ class FakeBatchServer:
                     server.jobs.append(job)
                 return job
 
+            def submit_many(self, model: str, items: list[tuple[bytes, str]],
+                            batch: str | None = None) -> list[dict[str, Any]]:
+                server.log.append(f"bulk {len(items)}")
+                return [self.submit(model, data, content_type, batch=batch) for data, content_type in items]
+
         return Conn()
 
     def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
@@ -176,3 +181,34 @@ def test_run_batch_marks_the_opening_the_last_submit_answered_and_the_last_page_
     assert last_submit < log.index("clock 101") < first_wait
     last_page = max(i for i, entry in enumerate(log) if entry.startswith("GET /v1/jobs"))
     assert log.index("clock 102") > last_page
+
+
+def test_run_batch_in_bulk_sends_each_connections_share_in_requests_of_at_most_that_many(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeBatchServer(page_size=1000)
+    monkeypatch.setattr(client, "Client", server.client)
+    monkeypatch.setattr(client.time, "sleep", lambda s: None)
+    items = [(f"image {i}".encode(), "image/jpeg") for i in range(11)]
+
+    _, jobs = client.run_batch("http://x", "t", "resnet50", items, connections=2, per_request=4)
+
+    by_input = {job["input"]: job["id"] for job in server.jobs}
+    assert [job["id"] for job in jobs] == [by_input[f"image {i}"] for i in range(11)]
+    # Shares of 6 and 5: requests of 4 + 2 and 4 + 1 inputs.
+    assert sorted(entry for entry in server.log if entry.startswith("bulk")) == ["bulk 1", "bulk 2", "bulk 4",
+                                                                                 "bulk 4"]
+    assert all(entry == "submit b1" for entry in server.log if entry.startswith("submit"))
+
+
+def test_a_multipart_body_is_read_by_django_as_the_items_in_order() -> None:
+    import io
+
+    from django.core.files.uploadhandler import MemoryFileUploadHandler
+    from django.http.multipartparser import MultiPartParser
+
+    items = [(b"\xff\xd8 one \r\n--", "image/jpeg"), (b"", "image/png"), (bytes(range(256)), "application/x-npy")]
+    body, content_type = client.multipart(items)
+
+    meta = {"CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body))}
+    _, files = MultiPartParser(meta, io.BytesIO(body), [MemoryFileUploadHandler()]).parse()
+    assert [(f.read(), f.content_type) for f in files.getlist("input")] == items

@@ -32,7 +32,11 @@ def test_bench_quick_prints_every_row_with_a_ratio() -> None:
     assert re.search(r"closed loop .* 12 jobs in flight .* / \(a\) = \d\.\d{3}", table), table
     assert re.search(r"collected job by job .* / \(a\) = \d\.\d{3}; CPU per image (\d+\.\d / ){3}\d+\.\d ms",
                      table), table
-    assert re.search(r"\(b\) InferQ end to end \(HTTP\) .* all submitted, then collected", table), table
+    assert re.search(r"\(b\) InferQ end to end \(HTTP\) .* all submitted \(bulk submits of 16\), then collected",
+                     table), table
+    # (b) once more with each image in a request of its own, with its CPU.
+    assert re.search(r"a request per image .* / \(a\) = \d\.\d{3}; CPU per image (\d+\.\d / ){3}\d+\.\d ms",
+                     table), table
     # The layout the worker chose for (b)'s model when it loaded it, read from its log, with the measurement.
     assert re.search(r"the worker's layout\s+chosen at load, from its log\s+(one pass|\d+ streams)\S*.*"
                      r"runs batches as \d+ stream\(s\): \d+ inputs in \d+ ms", table), table
