@@ -192,7 +192,8 @@ def jobs_create(*, owner: AbstractBaseUser, spec: ModelSpec, model_inputs: list[
 
     Each is what `job_create` would make of its input alone (a result-cache hit is answered at once), but
     the rows go in as one multi-row INSERT and the messages to the broker as one push: a failure at either
-    step leaves no job behind (503 when the broker is down), so a client that retries never makes twins.
+    step leaves no job behind (503 when the broker is down), so a client that retries a refused request never
+    makes twins.
     """
     if not model_inputs:
         raise InvalidInput("No inputs were sent.", code="empty_input")

@@ -170,8 +170,8 @@ class JobBulkCreateApi(ApiView):
         batch_id = request.query_params.get("batch")
         batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
         if request.META.get("HTTP_IDEMPOTENCY_KEY"):
-            raise InvalidInput("Idempotency-Key is taken on single submits only; a bulk submit makes all its jobs "
-                               "or none, so it can be sent again as it was.", code="invalid_request")
+            raise InvalidInput("Idempotency-Key is taken on single submits only (a refused bulk submit made no "
+                               "job, so it can be sent again as it was).", code="invalid_request")
         model_inputs = read_bulk_inputs(request, spec)
         throttle = SubmitRateThrottle()  # the request itself was counted as one submit; each further input too
         if not throttle.allow_hits(request, len(model_inputs) - 1, counted=1):
@@ -184,10 +184,7 @@ class JobBulkCreateApi(ApiView):
 
 def read_bulk_inputs(request: Request, spec: ModelSpec) -> list[ModelInput]:
     """Every part named `input` of a multipart body, checked in order; the first bad one is refused, named."""
-    declared = request.META.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and int(declared) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-        raise PayloadTooLarge(f"A bulk submit's body is limited to {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
-                              f"in all; send its inputs in several requests.")
+    # The body as a whole is limited before the view runs (api/bodylimit.py: 413 from its Content-Length).
     parts = [part for part in request.data if part.name == "input"]
     if not parts:
         raise InvalidInput('A bulk submit carries its inputs as multipart file fields named "input".',

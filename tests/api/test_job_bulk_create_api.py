@@ -250,3 +250,15 @@ def test_the_rows_go_in_as_one_insert(user: Any, image_model_manifest: Path, set
 
     assert captured.captured_queries[0]["sql"].startswith("INSERT")
     assert Job.objects.filter(id__in=[job.id for job in jobs]).count() == 5
+
+
+def test_an_input_over_the_size_limit_is_413_naming_it(api_client: Any, image_model_manifest: Path,
+                                                       settings: Any) -> None:
+    small, large = jpeg_bytes(8, 8), jpeg_bytes(64, 48)
+    settings.INFERQ_MAX_INPUT_BYTES = len(small) + 10
+
+    response = post_parts(api_client, [(small, "image/jpeg"), (large, "image/jpeg")])
+
+    body = assert_error(response, 413, "too_large")
+    assert body["error"]["message"].startswith("Input 2 (2): ")
+    assert not Job.objects.exists()
