@@ -262,3 +262,21 @@ def test_an_input_over_the_size_limit_is_413_naming_it(api_client: Any, image_mo
     body = assert_error(response, 413, "too_large")
     assert body["error"]["message"].startswith("Input 2 (2): ")
     assert not Job.objects.exists()
+
+
+def test_inputs_the_cache_answers_do_not_count_against_the_queue_bound(api_client: Any, echo_model: Path) -> None:
+    manifest = json.loads((echo_model / "manifest.json").read_text())
+    (echo_model / "manifest.json").write_text(json.dumps({**manifest, "max_queued": 1}))
+    seen = post_parts(api_client, [(b"seen", "application/octet-stream")], url=ECHO_BULK_URL).json()["jobs"][0]
+    job_succeed(job=Job.objects.get(id=seen["id"]), result={"echo": "seen"}, inference_ms=1.0)
+    assert post_parts(api_client, [(b"fills the queue", "application/octet-stream")],
+                      url=ECHO_BULK_URL).status_code == 202
+
+    answered = post_parts(api_client, [(b"seen", "application/octet-stream")] * 2, url=ECHO_BULK_URL)
+    assert answered.status_code == 200, answered.content
+    assert [job["cached"] for job in answered.json()["jobs"]] == [True, True]
+
+    refused = post_parts(api_client, [(b"seen", "application/octet-stream"), (b"new", "application/octet-stream")],
+                         url=ECHO_BULK_URL)
+    assert_error(refused, 429, "queue_full")
+    assert Job.objects.count() == 4
