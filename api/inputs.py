@@ -20,7 +20,7 @@ import numpy as np
 from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
-from api.exceptions import InvalidInput, UnsupportedMediaType
+from api.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from workers.store import ModelSpec
 
 JPEG_END = b"\xff\xd9"
@@ -62,8 +62,12 @@ def input_from_json(payload: Any, spec: ModelSpec) -> ModelInput:
 
 
 def input_from_bytes(data: bytes, content_type: str, spec: ModelSpec) -> ModelInput:
+    """An input's bytes checked for `spec`, however they came (a raw body, a multipart file, a bulk submit's part,
+    base64 in JSON, the compatibility APIs): not empty, within INFERQ_MAX_INPUT_BYTES, of a type the model takes."""
     if not data:
         raise InvalidInput("The request body is empty.", code="empty_input")
+    if len(data) > settings.INFERQ_MAX_INPUT_BYTES:
+        raise PayloadTooLarge(f"Input is larger than the {settings.INFERQ_MAX_INPUT_BYTES}-byte limit.")
     media = content_type.split(";")[0].strip().lower()
     kind = spec.input.get("kind")
     if kind == "image":

@@ -97,6 +97,13 @@ def submit_response(request: Request, job: Any, *, wait: float | None, replayed:
     return response
 
 
+def submit_target(request: Request, model: str) -> tuple[ModelSpec, Any]:
+    """What a submit names: the model (at `?version=`, else its latest) and the caller's batch at `?batch=`, if any."""
+    spec = model_spec_get(name=model, version=request.query_params.get("version"))
+    batch_id = request.query_params.get("batch")
+    return spec, batch_get(user=request.user, batch_id=batch_id) if batch_id else None
+
+
 def read_model_input(request: Request, spec: ModelSpec) -> ModelInput:
     """Raw bytes (image/*, application/x-npy), a multipart file `input`, or JSON."""
     declared = request.META.get("CONTENT_LENGTH")
@@ -110,8 +117,6 @@ def read_model_input(request: Request, spec: ModelSpec) -> ModelInput:
         if upload is None:
             raise InvalidInput('Multipart requests carry the input in a file field named "input".',
                                code="empty_input")
-        if upload.size > settings.INFERQ_MAX_INPUT_BYTES:
-            raise PayloadTooLarge(f"Input is larger than the {settings.INFERQ_MAX_INPUT_BYTES}-byte limit.")
         return input_from_bytes(upload.read(), upload.content_type or "application/octet-stream", spec)
     data = request.data if isinstance(request.data, bytes) else b""
     return input_from_bytes(data, media, spec)
@@ -135,9 +140,7 @@ class JobCreateApi(ApiView):
                    **error_responses(400, 401, 404, 409, 413, 415, 429, 503)},
     )
     def post(self, request: Request, model: str) -> HttpResponse:
-        spec = model_spec_get(name=model, version=request.query_params.get("version"))
-        batch_id = request.query_params.get("batch")
-        batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
+        spec, batch = submit_target(request, model)
         model_input = read_model_input(request, spec)
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") or None
         replayed = key is not None and job_key_used(user=request.user, idempotency_key=key)
@@ -166,9 +169,7 @@ class JobBulkCreateApi(ApiView):
         responses={200: JOB_LIST, 202: JOB_LIST, **error_responses(400, 401, 404, 413, 415, 429, 503)},
     )
     def post(self, request: Request, model: str) -> HttpResponse:
-        spec = model_spec_get(name=model, version=request.query_params.get("version"))
-        batch_id = request.query_params.get("batch")
-        batch = batch_get(user=request.user, batch_id=batch_id) if batch_id else None
+        spec, batch = submit_target(request, model)
         if request.META.get("HTTP_IDEMPOTENCY_KEY"):
             raise InvalidInput("Idempotency-Key is taken on single submits only (a refused bulk submit made no "
                                "job, so it can be sent again as it was).", code="invalid_request")
@@ -192,8 +193,6 @@ def read_bulk_inputs(request: Request, spec: ModelSpec) -> list[ModelInput]:
     model_inputs = []
     for number, part in enumerate(parts, start=1):
         try:
-            if len(part.data) > settings.INFERQ_MAX_INPUT_BYTES:
-                raise PayloadTooLarge(f"Input is larger than the {settings.INFERQ_MAX_INPUT_BYTES}-byte limit.")
             model_inputs.append(input_from_bytes(part.data, part.content_type or "application/octet-stream", spec))
         except ApiError as exc:
             named = f"Input {number}" + (f" ({part.filename})" if part.filename else "")

@@ -192,6 +192,18 @@ def test_body_over_the_size_limit_is_413(api_client: Any, image_model_manifest: 
     assert not Job.objects.exists()
 
 
+def test_an_input_over_the_size_limit_is_413_whatever_carried_it(api_client: Any, image_model_manifest: Path,
+                                                                 settings: Any) -> None:
+    """The limit is on the input's bytes (api.inputs.input_from_bytes), not on one way of sending them: base64 in
+    JSON, whose body is larger than its input, is held to it too."""
+    data = jpeg_bytes()
+    settings.INFERQ_MAX_INPUT_BYTES = len(data) - 1
+    payload = {"input": {"b64": base64.b64encode(data).decode(), "content_type": "image/jpeg"}}
+
+    assert_error(api_client.post(IMAGE_URL, data=payload, format="json"), 413, "too_large")
+    assert not Job.objects.exists()
+
+
 def test_body_at_the_size_limit_is_accepted(api_client: Any, image_model_manifest: Path, settings: Any) -> None:
     data = jpeg_bytes()
     settings.INFERQ_MAX_INPUT_BYTES = len(data)
